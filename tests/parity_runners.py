@@ -1,17 +1,13 @@
 """Registry of parity runners: `kind -> run(manifest, arrays, folder) -> {array name: computed array}`.
 
-Each model family keeps its runners in its own module (`parity_t2s.py`, `parity_sovits.py`,
-`parity_v4.py`) and exposes them as a `RUNNERS` dict; this module merges them.
+Each model family keeps its runners in its own module and exposes them as a `RUNNERS` dict; this
+module merges them, so the harness in test_parity_models.py dispatches on the manifest's `kind`.
 """
 
 from __future__ import annotations
 
-import importlib
+import parity_sovits
+import parity_t2s
+import parity_v4
 
-RUNNERS: dict = {}
-for _module in ("parity_t2s", "parity_sovits", "parity_v4"):
-    try:
-        RUNNERS.update(importlib.import_module(_module).RUNNERS)
-    except ModuleNotFoundError as exc:
-        if exc.name != _module:
-            raise
+RUNNERS: dict = {**parity_t2s.RUNNERS, **parity_sovits.RUNNERS, **parity_v4.RUNNERS}
