@@ -70,7 +70,7 @@ def setup_logging(verbose: bool, level: str = "info") -> None:
         handlers=[RichHandler(show_path=False, rich_tracebacks=True, console=_stderr_console())],
         force=True,
     )
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "numba", "jieba", "matplotlib"):
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "numba", "jieba", "matplotlib", "faster_whisper"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -16,7 +16,9 @@ from agent.errors import KoeError
 class HubertEncoder:
     """A loaded HuBERT model; call it with a 16 kHz waveform to get [1, 768, frames]."""
 
-    def __init__(self, model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ):
         from transformers import HubertModel
 
         model_dir = Path(model_dir)

@@ -1,0 +1,77 @@
+"""Phone-level BERT features for Mandarin text (chinese-roberta-wwm-ext-large).
+
+Each character of norm_text gets the hidden state of transformer layer L-2 (hidden_states[-3]),
+repeated word2ph[i] times, so the features line up with the phones: [hidden, n_phones]. Segments in
+other languages get zeros of the same height (see `zero_features`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from agent.errors import KoeError
+
+BERT_FOLDER = "chinese-roberta-wwm-ext-large"
+FEATURE_DIM = 1024  # hidden size of chinese-roberta-wwm-ext-large
+MAX_CHARS = 510  # 512 positions minus [CLS] and [SEP]
+
+
+def zero_features(n_phones: int, dim: int = FEATURE_DIM) -> torch.Tensor:
+    return torch.zeros(dim, n_phones, dtype=torch.float32)
+
+
+def repeat_per_phone(char_features: torch.Tensor, word2ph: list[int]) -> torch.Tensor:
+    """[n_chars, hidden] -> [hidden, sum(word2ph)], row i repeated word2ph[i] times."""
+    counts = torch.tensor(word2ph, dtype=torch.long, device=char_features.device)
+    return torch.repeat_interleave(char_features, counts, dim=0).T
+
+
+class ChineseBert:
+    """Loads the tokenizer and BertModel from a Hugging Face folder once; call it per segment."""
+
+    def __init__(
+        self, model_dir: str | Path, device: str | torch.device = "cpu", dtype=torch.float32
+    ) -> None:
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise KoeError(
+                f"BERT model folder {model_dir} is missing or has no config.json; Chinese text needs it. "
+                f"Fetch it with `koe models download {BERT_FOLDER}`."
+            )
+        from transformers import AutoTokenizer, BertModel
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False)
+        self.model.to(device=device, dtype=dtype).eval()
+        self.device = torch.device(device)
+        self.dim = self.model.config.hidden_size
+
+    @torch.inference_mode()
+    def char_features(self, text: str, sink: list | None = None) -> torch.Tensor:
+        """[len(text), hidden] float32 on CPU; texts over 510 characters run in 510-character windows.
+
+        `sink`, when given, receives the tokenizer ids of every model call (for parity traces).
+        """
+        windows = [text[i : i + MAX_CHARS] for i in range(0, len(text), MAX_CHARS)]
+        features = []
+        for window in windows:
+            inputs = self.tokenizer(window, return_tensors="pt").to(self.device)
+            if sink is not None:
+                sink.append(inputs["input_ids"][0].tolist())
+            n_tokens = inputs["input_ids"].shape[1] - 2
+            if n_tokens != len(window):
+                raise KoeError(
+                    f"the BERT tokenizer split {window!r} into {n_tokens} tokens, expected one per character "
+                    f"({len(window)}); use the {BERT_FOLDER} tokenizer"
+                )
+            hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-3]  # [1, T+2, H]
+            features.append(hidden[0, 1:-1].float().cpu())
+        return torch.cat(features) if features else torch.zeros(0, self.dim)
+
+    def __call__(self, norm_text: str, word2ph: list[int], sink: list | None = None) -> torch.Tensor:
+        """[hidden, n_phones] features of a Mandarin segment."""
+        if len(word2ph) != len(norm_text):
+            raise ValueError(f"word2ph has {len(word2ph)} entries for {len(norm_text)} characters")
+        return repeat_per_phone(self.char_features(norm_text, sink), word2ph)
