@@ -18,7 +18,15 @@ from agent.errors import KoeError
 log = logging.getLogger("koe")
 
 # Packages whose `cli.register(subparsers)` adds commands, in the order they appear in --help.
-COMMAND_MODULES = ("agent.commands", "asr.cli", "tts.cli", "training.cli")
+COMMAND_MODULES = (
+    "agent.commands",
+    "agent.chat",
+    "agent.character_cli",
+    "asr.cli",
+    "tts.say_cli",
+    "tts.cli",
+    "training.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +82,18 @@ def setup_logging(verbose: bool, level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def use_downloaded_frontend_data(models_dir) -> None:
+    """Point NLTK and Open JTalk at the data `koe models download` put in the models folder."""
+    import os
+
+    nltk_dir = models_dir / "nltk_data"
+    if nltk_dir.is_dir() and "NLTK_DATA" not in os.environ:
+        os.environ["NLTK_DATA"] = str(nltk_dir)
+    jtalk_dir = models_dir / "open_jtalk_dic_utf_8-1.11"
+    if jtalk_dir.is_dir() and "OPEN_JTALK_DICT_DIR" not in os.environ:
+        os.environ["OPEN_JTALK_DICT_DIR"] = str(jtalk_dir)
+
+
 def _stderr_console():
     from rich.console import Console
 
@@ -92,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
         config = load_config(args.config)
         setup_logging(args.verbose, config.logging.level)
+        use_downloaded_frontend_data(config.models.dir)
         started = time.perf_counter()
         status = handler(args, config)
         log.debug("%s finished in %.2f s", args.command, time.perf_counter() - started)

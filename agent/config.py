@@ -105,6 +105,7 @@ class TtsConfig(Section):
 class CharacterConfig(Section):
     name: str = "default"  # <characters_dir>/<name>.toml
     characters_dir: Path = Path("characters")
+    history_dir: Path = Path("history")  # conversations, one JSONL file each
 
 
 class ServerConfig(Section):
@@ -223,6 +224,7 @@ def resolve_paths(config: KoeConfig) -> KoeConfig:
 
     config.models.dir = absolute(config.models.dir)
     config.character.characters_dir = absolute(config.character.characters_dir)
+    config.character.history_dir = absolute(config.character.history_dir)
     config.training.exp_dir = absolute(config.training.exp_dir)
     config.tts.cache_dir = absolute(config.tts.cache_dir) or config.models.dir / "cache"
     return config

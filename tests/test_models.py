@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hub_server import LoopbackHub
 
 from agent.errors import KoeError
 from agent.model_manager import REPO_MANIFEST, ModelManager, load_manifest
+from hub_server import LoopbackHub
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "acme/voices"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from parity_runners import RUNNERS
 
 ROOT = Path(__file__).resolve().parent.parent

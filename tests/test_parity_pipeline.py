@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from test_parity_models import assert_matches
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -97,6 +97,10 @@ class Sentence:
     norm_text: str
 
 
+class SynthesisStopped(Exception):
+    """Raised inside the decoder loops when `stop()` was called; ends `run()` quietly."""
+
+
 def set_seed(seed: int) -> int:
     """Seed Python, NumPy and torch as the official `set_seed` does; -1 picks a random seed."""
     if seed in (-1, None, ""):
@@ -265,8 +269,12 @@ class TTSPipeline:
         return LANGUAGES_V1 if self.version == "v1" else LANGUAGES_V2
 
     def stop(self) -> None:
-        """Ask a running `run()` to finish after the current step (cancellation)."""
+        """Ask a running `run()` to finish after the current decoder step (cancellation)."""
         self._stop.set()
+
+    def _check_stop(self, _record=None) -> None:
+        if self._stop.is_set():
+            raise SynthesisStopped
 
     # ----------------------------------------------------------------------------- checks
     def check(self, params: dict) -> None:
@@ -292,9 +300,19 @@ class TTSPipeline:
 
     # -------------------------------------------------------------------------------- run
     def run(self, params: dict, trace: PipelineTrace | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """The official `TTS.run`: yields (sample_rate, int16 mono) pieces; `trace` collects intermediates."""
-        p = RunParams.from_dict(params)
+        """The official `TTS.run`: yields (sample_rate, int16 mono) pieces; `trace` collects intermediates.
+
+        `stop()` ends it within one decoder step, with nothing more yielded (the official code yields a
+        second of silence instead).
+        """
         self._stop.clear()
+        try:
+            yield from self._run(params, trace)
+        except SynthesisStopped:
+            log.info("synthesis stopped")
+
+    def _run(self, params: dict, trace: PipelineTrace | None) -> Iterator[tuple[int, np.ndarray]]:
+        p = RunParams.from_dict(params)
         started = time.perf_counter()
         set_seed(p.seed)
         streaming, return_fragment, parallel, split_bucket = (
@@ -348,7 +366,8 @@ class TTSPipeline:
                 else:
                     pieces.update(zip(batch, audio, strict=True))
             if not return_fragment:
-                if self._stop.is_set() or not pieces:
+                self._check_stop()
+                if not pieces:
                     yield self.sample_rate, np.zeros(self.sample_rate, dtype=np.int16)
                 else:
                     out = np.concatenate(
@@ -435,10 +454,15 @@ class TTSPipeline:
         params = _sampling(p)
         if parallel:
             ids, berts = zip(*inputs, strict=True)
-            results = generate_batch(self.t2s, list(ids), list(berts), prompt_tokens, params)
+            results = generate_batch(
+                self.t2s, list(ids), list(berts), prompt_tokens, params, on_step=self._check_stop
+            )
         else:
             prompt = None if prompt_tokens is None else prompt_tokens[None]
-            results = [generate(self.t2s, ids[None], bert[None], prompt, params) for ids, bert in inputs]
+            results = [
+                generate(self.t2s, ids[None], bert[None], prompt, params, on_step=self._check_stop)
+                for ids, bert in inputs
+            ]
         return [r.semantic_tokens for r in results]
 
     def t2s_stream(
@@ -452,7 +476,10 @@ class TTSPipeline:
                 self._mute_similarity = mute_token_similarity(self.t2s)
             similarity = self._mute_similarity
         prompt = None if prompt_tokens is None else prompt_tokens[None]
-        chunks = stream(self.t2s, ids[None], bert[None], prompt, _sampling(p), p.min_chunk_length, similarity)
+        chunks = stream(
+            self.t2s, ids[None], bert[None], prompt, _sampling(p), p.min_chunk_length, similarity,
+            on_step=self._check_stop,
+        )  # fmt: skip
         try:
             for chunk in chunks:
                 yield chunk.tokens, chunk.is_final

@@ -95,7 +95,10 @@ def load_for_style(path: str | Path, rate: int) -> torch.Tensor:
 
 def content_key(path: str | Path, *parts: str) -> str:
     """A cache key from the file's bytes and whatever else decides the result (models, rates)."""
-    digest = hashlib.sha256(Path(path).read_bytes())
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes())
+    except (FileNotFoundError, IsADirectoryError):
+        raise KoeError(f"reference audio not found: {path}") from None
     for part in parts:
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()

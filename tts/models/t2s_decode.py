@@ -322,6 +322,7 @@ def stream(
     threshold: float = 0.0,
     early_stop_num: int | None = None,
     max_steps: int = MAX_STEPS,
+    on_step: OnStep | None = None,
 ) -> Iterator[TokenChunk]:
     """Streaming generation (`infer_panel_naive` with streaming_mode): yields token chunks as decoded.
 
@@ -331,7 +332,9 @@ def stream(
     point, so later tokens come again in the next chunk. The last chunk has `is_final`. Closing the
     generator cancels the generation between two steps.
     """
-    decoder = SingleDecoder(model, phoneme_ids, bert_feature, prompt, params, early_stop_num, max_steps)
+    decoder = SingleDecoder(
+        model, phoneme_ids, bert_feature, prompt, params, early_stop_num, max_steps, on_step
+    )
     start = decoder.prompt_len  # first token not yet confirmed
     if mute_similarity is not None:
         mute_similarity = mute_similarity.to(decoder.tokens.device)

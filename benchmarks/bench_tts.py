@@ -1,0 +1,115 @@
+"""Whole-pipeline speed on full-size v2 models with random weights (the compute of real weights).
+
+Writes a full-size GPT .ckpt and SoVITS .pth with koe's own exporters, a full-size random HuBERT
+(transformers `save_pretrained`) and an espeak-ng reference clip into a scratch folder, loads them
+like a user's voice, warms the reference cache, then measures for a short sentence (~10 words) and
+a paragraph: time to first audio (text in -> first chunk out) and real-time factor, for one-shot,
+sentence streaming and token-chunk streaming. English text (no BERT needed).
+
+    .venv/bin/python benchmarks/bench_tts.py                   # CPU, 2 threads
+    .venv/bin/python benchmarks/bench_tts.py --threads 2 --repeats 3 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+
+SHORT = "The quick brown fox jumps over the lazy dog near the river bank."
+PARAGRAPH = (
+    "Every morning the baker opens his little shop before the sun comes up. "
+    "The smell of fresh bread drifts down the quiet street, and the neighbours wake up hungry. "
+    "By seven o'clock there is a queue outside the door, and by nine the shelves are empty again."
+)
+REF_TEXT = "Every morning the baker opens his little shop before the sun comes up over the hills."
+
+
+def write_models(folder: Path) -> dict:
+    """Full-size v2 GPT, SoVITS, HuBERT and a 5 s reference clip, in the official formats."""
+    from transformers import HubertConfig, HubertModel
+
+    from tts.models.t2s import T2SConfig, T2SModel
+    from tts.weights.gpt import save_gpt
+    from tts.weights.sovits import build_sovits, save_sovits
+
+    torch.manual_seed(0)
+    gpt = folder / "bench-e1.ckpt"
+    save_gpt(gpt, T2SModel(T2SConfig()))
+    from tts.models.sovits import SoVITSConfig
+
+    config = SoVITSConfig()
+    model = build_sovits(config, weight_norm=True)
+    sovits_config = {
+        "data": {"sampling_rate": 32000, "filter_length": 2048, "hop_length": 640, "win_length": 2048},
+        "model": {k: getattr(config, k) for k in (
+            "inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers", "kernel_size",
+            "p_dropout", "resblock", "resblock_kernel_sizes", "resblock_dilation_sizes", "upsample_rates",
+            "upsample_initial_channel", "upsample_kernel_sizes", "gin_channels",
+        )} | {"version": "v2", "semantic_frame_rate": "25hz", "freeze_quantizer": True},
+    }  # fmt: skip
+    sovits = folder / "bench_e1_s1.pth"
+    save_sovits(sovits, model.state_dict(), sovits_config, "1epoch_1iteration", "v2")
+    hubert_dir = folder / "chinese-hubert-base"
+    HubertModel(HubertConfig()).save_pretrained(hubert_dir)
+    ref = folder / "ref.wav"
+    subprocess.run(["espeak-ng", "-w", str(folder / "ref22k.wav"), REF_TEXT], check=True)
+    subprocess.run(["sox", str(folder / "ref22k.wav"), "-r", "32000", str(ref)], check=True)
+    return {"gpt": gpt, "sovits": sovits, "hubert": hubert_dir, "ref": ref}
+
+
+async def measure(engine, text: str, stream: str) -> tuple[float, float]:
+    started = time.perf_counter()
+    first = None
+    seconds = 0.0
+    async for chunk in engine.synthesize(text, "en", stream=stream):
+        first = first if first is not None else time.perf_counter() - started
+        seconds += chunk.seconds
+    total = time.perf_counter() - started
+    return first, total / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from agent.config import TtsConfig
+    from tts.engine import TtsEngine, VoiceSpec
+    from tts.pipeline import TTSPipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_models(Path(tmp))
+        started = time.perf_counter()
+        pipeline = TTSPipeline.from_paths(paths["gpt"], paths["sovits"], None, paths["hubert"], device=args.device)
+        load_s = time.perf_counter() - started
+        voice = VoiceSpec(paths["gpt"], paths["sovits"], paths["ref"], REF_TEXT, "en")
+        # EOS is never masked here: random weights stop wherever they stop, so the RTF is the measure.
+        engine = TtsEngine(pipeline, voice, TtsConfig(seed=1, stream_chunk_tokens=16))
+        pipeline.references.prepare(paths["ref"])  # reference cached, as in a conversation
+        rows = []
+        for name, text in (("short", SHORT), ("paragraph", PARAGRAPH)):
+            for stream in ("none", "sentence", "tokens"):
+                runs = [asyncio.run(measure(engine, text, stream)) for _ in range(args.repeats)]
+                rows.append((name, stream, median(r[0] for r in runs), median(r[1] for r in runs)))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    print(f"\nkoe TTS pipeline, full-size v2 random weights, {args.device}, {args.threads} threads")
+    print(f"voice load {load_s:.1f} s, peak RSS {peak:.0f} MiB\n")
+    print("| text | streaming | first audio (s) | RTF |\n|---|---|---:|---:|")
+    for name, stream, first, rtf in rows:
+        print(f"| {name} | {stream} | {first:.2f} | {rtf:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

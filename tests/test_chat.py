@@ -1,0 +1,121 @@
+"""`koe chat --text` end to end: a real fake-LLM HTTP server, the tiny test voice, real history files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fake_llm_server import FakeLlmServer, Reply
+from tts_voice import PARITY, PIPELINE, REF_TEXT, require_fixtures
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_home(tmp_path: Path, llm_url: str) -> Path:
+    """A config, a character using the tiny voice, and a models folder with the tiny HuBERT."""
+    models = tmp_path / "models"
+    hubert = models / "chinese-hubert-base"
+    hubert.mkdir(parents=True)
+    for f in (PIPELINE / "models" / "chinese-hubert-tiny").iterdir():
+        (hubert / f.name).write_bytes(f.read_bytes())
+    (models / "manifest.toml").write_text(
+        '[chinese-hubert-base]\ndescription = "tiny"\nsource = "hf"\nrepo = "x/y"\n'
+        'files = [{ path = "chinese-hubert-base/config.json" }, { path = "chinese-hubert-base/model.safetensors" }]\n'
+    )
+    characters = tmp_path / "characters"
+    characters.mkdir()
+    (characters / "tester.toml").write_text(
+        f"""
+name = "Tess"
+persona = "You are Tess, a test character."
+greeting = ""
+language = "en"
+[voice]
+gpt_weights = "{PARITY / "t2s_v2.ckpt"}"
+sovits_weights = "{PARITY / "sovits_v2.pth"}"
+ref_audio = "{PIPELINE / "refs" / "ref_c_32k.wav"}"
+ref_text = "{REF_TEXT}"
+[emotions.neutral]
+expression = "neutral"
+[emotions.happy]
+expression = "smile"
+"""
+    )
+    config = tmp_path / "koe.toml"
+    config.write_text(
+        f"[llm]\nbase_url = '{llm_url}'\nmodel = 'fake-model'\napi_key = 'sk-test'\n"
+        f"[character]\nname = 'tester'\ncharacters_dir = '{characters}'\nhistory_dir = '{tmp_path / 'history'}'\n"
+        f"[models]\ndir = '{models}'\n[tts]\nseed = 1\ntop_k = 1\n"
+    )
+    return config
+
+
+def chat(config: Path, lines: list[str], *extra: str, env: dict | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "chat", "--text", "--config", str(config), *extra],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )  # fmt: skip
+
+
+def history_messages(tmp_path: Path) -> list[dict]:
+    files = sorted((tmp_path / "history" / "tester").glob("*.jsonl"))
+    assert files, "no conversation file written"
+    records = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("role") in ("user", "assistant")]
+
+
+def test_text_chat_muted_holds_a_conversation_and_saves_it(tmp_path):
+    require_fixtures()
+    with FakeLlmServer() as server:
+        server.script(Reply("[happy] Hello there! Nice to meet you."), Reply("I am fine, thank you."))
+        config = setup_home(tmp_path, server.url)
+        result = chat(config, ["Hi Tess!", "How are you?"], "--mute")
+        assert result.returncode == 0, result.stderr
+        assert "Hello there!" in result.stdout and "I am fine, thank you." in result.stdout
+        assert "[happy]" not in result.stdout and "(happy)" in result.stdout
+        assert server.requests[0]["messages"][-1] == {"role": "user", "content": "Hi Tess!"}
+    messages = history_messages(tmp_path)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert messages[1]["text"].startswith("Hello there!")
+
+    # A second run resumes the conversation: the LLM sees the earlier turns.
+    with FakeLlmServer() as server:
+        server.script(Reply("Welcome back."))
+        config.write_text(config.read_text().replace(config.read_text().split("'")[1], server.url, 1))
+        result = chat(config, ["I'm back."], "--mute")
+        assert result.returncode == 0, result.stderr
+        sent = [m["content"] for m in server.requests[0]["messages"]]
+        assert "Hi Tess!" in sent and "I'm back." in sent
+
+
+def test_text_chat_speaks_through_the_speakers(tmp_path):
+    """With an audio server (CI starts PulseAudio virtual devices), replies are synthesized and played."""
+    require_fixtures()
+    if subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
+        pytest.skip("no PulseAudio server: no speakers to play to")
+    with FakeLlmServer() as server:
+        server.script(Reply("Good evening. The lighthouse shines."))
+        config = setup_home(tmp_path, server.url)
+        result = chat(config, ["Hello."])
+    assert result.returncode == 0, result.stderr
+    assert "first audio" in result.stdout and "Good evening." in result.stdout
+    messages = history_messages(tmp_path)
+    assert messages[-1]["text"].startswith("Good evening.")
+
+
+def test_llm_failure_ends_the_turn_and_the_next_turn_works(tmp_path):
+    require_fixtures()
+    with FakeLlmServer() as server:
+        server.script(*[Reply(status=500)] * 2, Reply("Back again."))
+        config = setup_home(tmp_path, server.url)
+        config.write_text(config.read_text().replace("api_key = 'sk-test'", "api_key = 'sk-test'\nretries = 1"))
+        result = chat(config, ["First?", "Second?"], "--mute")
+    assert result.returncode == 0, result.stderr
+    assert "500" in result.stdout and "Back again." in result.stdout
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,155 @@
+"""The speaking engine on the tiny test voice: streaming levels, cancellation, caching, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from agent.config import TtsConfig
+from agent.errors import KoeError
+from tts_voice import PIPELINE, pipeline, require_fixtures, voice_spec
+
+TEXT = "Good evening, friends. The old lighthouse shines at night! Can you see it from the hill?"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    require_fixtures()
+    from tts.engine import TtsEngine
+
+    return TtsEngine(pipeline(), voice_spec(), TtsConfig(top_k=1, seed=7, pause_s=0.2))
+
+
+def collect(engine, text=TEXT, **kwargs):
+    async def run():
+        return [chunk async for chunk in engine.synthesize(text, "en", **kwargs)]
+
+    return asyncio.run(run())
+
+
+def test_whole_text_sentence_and_token_streaming_agree(engine):
+    whole = collect(engine, stream="none")
+    sentences = collect(engine, stream="sentence")
+    tokens = collect(engine, stream="tokens")
+    assert len(whole) == 1 and {c.sample_rate for c in whole + sentences + tokens} == {32000}
+    assert len(sentences) == 4  # cut5 cuts after the comma too: four pieces, one chunk each
+    assert len(tokens) > len(sentences)  # token chunks inside sentences, plus the pauses
+    joined = np.concatenate([c.audio for c in sentences])
+    # Greedy decoding gives the same tokens whichever way it streams: the same length of audio.
+    assert len(joined) == len(whole[0].audio)
+    assert abs(sum(len(c.audio) for c in tokens) - len(whole[0].audio)) <= 3 * 1280
+    for chunks in (whole, sentences, tokens):
+        audio = np.concatenate([c.audio for c in chunks]).astype(np.float32)
+        assert np.abs(audio).max() > 300, "no audible signal"
+    assert engine.stats.first_audio_s is not None and engine.stats.first_audio_s <= engine.stats.total_s
+
+
+def test_streamed_sentences_match_the_whole_text_apart_from_noise(engine):
+    """Same seed, same tokens: sentence streaming differs from one-shot only by the SoVITS noise draw."""
+    whole = collect(engine, stream="none")[0].audio.astype(np.float64)
+    joined = np.concatenate([c.audio for c in collect(engine, stream="sentence")]).astype(np.float64)
+    envelope = lambda x: np.sqrt(np.convolve(x**2, np.ones(640) / 640, mode="valid"))[::320]  # noqa: E731
+    correlation = np.corrcoef(envelope(whole), envelope(joined))[0, 1]
+    assert correlation > 0.8, f"loudness envelopes differ too much (correlation {correlation:.2f})"
+
+
+def test_leaving_the_stream_cancels_within_a_decoder_step(engine):
+    steps_after_cancel = []
+    cancelled = threading.Event()
+    original = engine.pipeline._check_stop
+
+    def counting_check(record=None):
+        if cancelled.is_set():
+            steps_after_cancel.append(1)
+        original(record)
+
+    engine.pipeline._check_stop = counting_check
+
+    async def first_chunk_then_leave():
+        gen = engine.synthesize(TEXT * 3, "en", stream="tokens")
+        chunk = await gen.__anext__()
+        cancelled.set()
+        await gen.aclose()
+        return chunk
+
+    try:
+        chunk = asyncio.run(first_chunk_then_leave())
+    finally:
+        engine.pipeline._check_stop = original
+    assert len(chunk.audio) > 0
+    assert len(steps_after_cancel) <= 1, f"{len(steps_after_cancel)} decoder steps ran after cancelling"
+    assert engine._busy.acquire(timeout=5), "the worker thread did not finish"
+    engine._busy.release()
+
+
+def test_reference_features_are_cached_by_content(engine, tmp_path):
+    calls = []
+    hubert = engine.pipeline.references.hubert
+
+    def counting(wav):
+        calls.append(len(wav))
+        return hubert(wav)
+
+    copy = tmp_path / "same_clip.wav"
+    copy.write_bytes(voice_spec().ref_audio.read_bytes())
+    engine.pipeline.references.hubert = counting
+    try:
+        collect(engine, "Hello there, friend.", stream="none")
+        collect(engine, "And hello again.", stream="none")
+        from dataclasses import replace
+
+        collect(engine, "A copy of the clip.", stream="none", voice=replace(voice_spec(), ref_audio=copy))
+    finally:
+        engine.pipeline.references.hubert = hubert
+    assert calls == [], "prompt features were recomputed for a clip already seen (same content)"
+
+
+def write_clip(path, seconds, rate=32000):
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 220 * t), rate, subtype="PCM_16")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "missing.wav", "reference audio not found"),
+        (lambda tmp: write_clip(tmp / "short.wav", 1.5), r"1\.50 s long; it must be between 3 and 10 s"),
+        (lambda tmp: write_clip(tmp / "long.wav", 12.0), r"12\.00 s long; it must be between 3 and 10 s"),
+        (lambda tmp: (tmp / "noise.wav").write_bytes(b"not audio at all") and tmp / "noise.wav", "cannot read"),
+    ],
+)
+def test_bad_reference_clips(engine, tmp_path, make, message):
+    from dataclasses import replace
+
+    voice = replace(voice_spec(), ref_audio=make(tmp_path))
+    with pytest.raises(KoeError, match=message):
+        engine.check("Hello there.", "en", voice)
+    with pytest.raises(KoeError, match=message):
+        collect(engine, "Hello there.", voice=voice)
+
+
+def test_bad_text_and_language(engine):
+    with pytest.raises(KoeError, match="text is required"):
+        engine.check("   ", "en")
+    with pytest.raises(KoeError, match="text_lang: de is not supported"):
+        engine.check("Hallo Welt.", "de")
+    with pytest.raises(KoeError, match="nothing to speak"):
+        engine.check("... !!! ???", "en")
+
+
+def test_reference_at_another_rate_and_stereo(engine):
+    """The 22.05 kHz stereo fixture clip goes through both resampling paths."""
+    from dataclasses import replace
+
+    voice = replace(
+        voice_spec(),
+        ref_audio=PIPELINE / "refs" / "ref_d_22k_stereo.wav",
+        ref_text="Our second voice speaks a little faster and higher, so that another sampling rate is tested.",
+    )
+    chunks = collect(engine, "A short test.", stream="none", voice=voice)
+    assert chunks[0].sample_rate == 32000 and len(chunks[0].audio) > 0

@@ -1,0 +1,189 @@
+"""The speaking engine: a voice plus the pipeline, as an async generator of audio chunks.
+
+`TtsEngine.synthesize(text)` never blocks the event loop: the pipeline runs in one worker thread and
+hands its pieces over as they are made. Streaming happens at two levels, as in the official code:
+sentence by sentence (`stream="sentence"`, the official `return_fragment`) and token chunks inside a
+sentence (`stream="tokens"`, the official `streaming_mode`). Leaving the generator early (or
+`cancel()`) stops the work within one decoder step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from agent.config import TtsConfig
+from agent.errors import KoeError
+from tts.pipeline import TTSPipeline
+
+log = logging.getLogger(__name__)
+
+StreamMode = Literal["none", "sentence", "tokens"]
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """A voice: GPT + SoVITS weights and a reference clip with its transcript and language."""
+
+    gpt: Path
+    sovits: Path
+    ref_audio: Path
+    ref_text: str = ""
+    ref_lang: str = "en"
+    aux_refs: tuple[Path, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class AudioChunk:
+    """A piece of synthesized speech: int16 mono at `sample_rate`."""
+
+    audio: np.ndarray
+    sample_rate: int
+    index: int  # 0, 1, ... in order
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+@dataclass
+class SynthesisStats:
+    """Time to first audio and real-time factor of the last synthesis."""
+
+    first_audio_s: float | None = None
+    total_s: float = 0.0
+    audio_s: float = 0.0
+
+    @property
+    def rtf(self) -> float:
+        return self.total_s / self.audio_s if self.audio_s else float("inf")
+
+
+def request_params(text: str, lang: str, voice: VoiceSpec, settings: TtsConfig, stream: StreamMode) -> dict:
+    """The official request dict for one text with this voice and these settings."""
+    return {
+        "text": text,
+        "text_lang": lang,
+        "ref_audio_path": str(voice.ref_audio),
+        "aux_ref_audio_paths": [str(p) for p in voice.aux_refs],
+        "prompt_text": voice.ref_text,
+        "prompt_lang": voice.ref_lang,
+        "top_k": settings.top_k,
+        "top_p": settings.top_p,
+        "temperature": settings.temperature,
+        "text_split_method": settings.text_split_method,
+        "batch_size": settings.batch_size,
+        "speed_factor": settings.speed,
+        "fragment_interval": settings.pause_s,
+        "seed": settings.seed,
+        "parallel_infer": settings.parallel_infer,
+        "repetition_penalty": settings.repetition_penalty,
+        "return_fragment": stream == "sentence",
+        "streaming_mode": stream == "tokens",
+        "min_chunk_length": settings.stream_chunk_tokens,
+    }
+
+
+class TtsEngine:
+    """One loaded voice (and optional per-emotion reference clips) speaking through a `TTSPipeline`."""
+
+    def __init__(self, pipeline: TTSPipeline, voice: VoiceSpec, settings: TtsConfig | None = None):
+        self.pipeline = pipeline
+        self.voice = voice
+        self.settings = settings or TtsConfig()
+        self.stats = SynthesisStats()
+        self._busy = threading.Lock()  # one synthesis at a time per loaded model
+
+    @classmethod
+    def load(
+        cls,
+        voice: VoiceSpec,
+        models_dir: Path,
+        settings: TtsConfig | None = None,
+        device: str = "cpu",
+    ) -> TtsEngine:
+        """Load the voice's weights plus HuBERT, BERT (and the speaker model) from the models folder."""
+        from agent.model_manager import ModelManager
+
+        settings = settings or TtsConfig()
+        for path, what in ((voice.gpt, "GPT weights"), (voice.sovits, "SoVITS weights")):
+            if not Path(path).is_file():
+                raise KoeError(f"{what} not found: {path} (train a voice or `koe models download gsv-v2`)")
+        manager = ModelManager(models_dir)
+        hubert = manager.require("chinese-hubert-base")
+        bert = models_dir / "chinese-roberta-wwm-ext-large"
+        sv_path = models_dir / "sv" / "pretrained_eres2netv2w24s4ep4.ckpt"
+        pipeline = TTSPipeline.from_paths(
+            voice.gpt, voice.sovits, bert if bert.is_dir() else None, hubert, device=device,
+            cache_dir=settings.cache_dir, sv_path=sv_path if sv_path.is_file() else None,
+            use_g2pw=settings.g2pw, g2pw_dir=models_dir / "G2PWModel",
+        )  # fmt: skip
+        return cls(pipeline, voice, settings)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.pipeline.sample_rate
+
+    def check(self, text: str, lang: str, voice: VoiceSpec | None = None) -> None:
+        """Reject what would fail (missing clip, clip outside 3-10 s, bad language, empty text) up front."""
+        self.pipeline.check(request_params(text, lang, voice or self.voice, self.settings, "none"))
+
+    def cancel(self) -> None:
+        """Stop the running synthesis within one decoder step."""
+        self.pipeline.stop()
+
+    async def synthesize(
+        self,
+        text: str,
+        lang: str | None = None,
+        stream: StreamMode = "tokens",
+        voice: VoiceSpec | None = None,
+    ) -> AsyncIterator[AudioChunk]:
+        """Speak `text` (language mode `lang`, default the voice's); chunks arrive as they are made."""
+        params = request_params(text, lang or self.voice.ref_lang, voice or self.voice, self.settings, stream)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+        started = time.perf_counter()
+        self.stats = stats = SynthesisStats()
+
+        def work() -> None:
+            with self._busy:
+                try:
+                    for rate, audio in self.pipeline.run(params):
+                        loop.call_soon_threadsafe(queue.put_nowait, (rate, audio))
+                except BaseException as exc:  # handed to the consumer, raised there
+                    loop.call_soon_threadsafe(queue.put_nowait, exc)
+                finally:
+                    loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = threading.Thread(target=work, name="koe-tts", daemon=True)
+        worker.start()
+        index = 0
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                rate, audio = item
+                if stats.first_audio_s is None:
+                    stats.first_audio_s = time.perf_counter() - started
+                stats.audio_s += len(audio) / rate
+                yield AudioChunk(audio, rate, index)
+                index += 1
+        finally:
+            if worker.is_alive():
+                self.pipeline.stop()
+                await asyncio.to_thread(worker.join)
+            stats.total_s = time.perf_counter() - started
+            log.debug(
+                "tts: %.2f s of audio in %.2f s (first audio %.3f s)",
+                stats.audio_s, stats.total_s, stats.first_audio_s or float("nan"),
+            )  # fmt: skip
