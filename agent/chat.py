@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mute", action="store_true", help="do not speak the replies (text only)")
     p.add_argument("--new", action="store_true", help="start a new conversation instead of resuming")
     p.add_argument("--character", metavar="NAME", help="character to talk to (default: [character] name)")
+    p.add_argument("--input", metavar="WAV", type=Path, help="play this file as the microphone (demos, tests)")
     p.set_defaults(handler=run_chat)
 
 
@@ -59,6 +61,7 @@ class Player:
         except Exception as exc:  # no PortAudio device: tell the user how to go on
             raise KoeError(f"cannot open the speakers ({exc}); use --mute to chat without audio") from None
         self.rate = rate
+        self.echo = None  # an EchoCanceller that gets every block played (voice mode on speakers)
         self.queue: asyncio.Queue = asyncio.Queue()
         self._cleared = threading.Event()
         self.first_audio_at: float | None = None
@@ -86,7 +89,10 @@ class Player:
         for start in range(0, len(audio), block):
             if self._cleared.is_set():
                 return start
-            self.stream.write(audio[start : start + block].reshape(-1, 1))
+            samples = audio[start : start + block]
+            if self.echo is not None:
+                self.echo.far_end(samples, self.rate)
+            self.stream.write(samples.reshape(-1, 1))
         return len(audio)
 
     def close(self) -> None:
@@ -110,7 +116,9 @@ class Chat:
         log_ = history_store(config, character_id).resume(new=args.new)
         self.conversation = Conversation.from_config(config.llm, self.character, self.llm.stream, log_)
         self.engine = None if args.mute else self._load_engine()
-        self.player = None if self.engine is None else Player(self.engine.sample_rate, config.audio.output_device)
+        self.player = (
+            None if self.engine is None else Player(self.engine.sample_rate, config.audio.output_device)
+        )
         self.times = TurnTimes()
         self.turn_start = 0.0
 
@@ -139,9 +147,15 @@ class Chat:
 
         reference = self.character.reference(piece.emotion)
         voice = VoiceSpec(
-            self.engine.voice.gpt, self.engine.voice.sovits, reference.audio, reference.text, reference.language
+            self.engine.voice.gpt,
+            self.engine.voice.sovits,
+            reference.audio,
+            reference.text,
+            reference.language,
         )
-        chunks = [c async for c in self.engine.synthesize(piece.text, self.character.language, "sentence", voice)]
+        chunks = [
+            c async for c in self.engine.synthesize(piece.text, self.character.language, "sentence", voice)
+        ]
         if self.times.first_audio is None:
             self.times.first_audio = time.perf_counter() - self.turn_start
         piece.total_len = sum(len(c.audio) for c in chunks)
@@ -207,7 +221,7 @@ class Chat:
     async def _voice_loop(self) -> None:
         from asr.endpointer import SpeechStarted
         from asr.listener import Heard, Listener
-        from asr.sources import MicrophoneSource
+        from asr.sources import FileSource, MicrophoneSource
         from asr.transcriber import Transcriber
 
         asr = self.config.asr
@@ -216,7 +230,17 @@ class Chat:
             language=asr.language, beam_size=asr.beam_size, initial_prompt=asr.initial_prompt,
             hotwords=asr.hotwords, cpu_threads=asr.cpu_threads,
         )  # fmt: skip
-        source = MicrophoneSource(self.config.audio.input_device, self.config.audio.block_ms)
+        audio = self.config.audio
+        if self.args.input is not None:
+            source = FileSource(self.args.input, audio.block_ms)
+            source.name = str(self.args.input)
+        else:
+            source = MicrophoneSource(audio.input_device, audio.block_ms)
+        if self.player is not None and audio.echo_cancellation and not audio.headphones:
+            from agent.echo import EchoCancelledSource, EchoCanceller
+
+            self.player.echo = EchoCanceller()
+            source = EchoCancelledSource(source, self.player.echo)
         listener = Listener(source, transcriber, self.config.vad, asr.partial_interval_ms)
         self.console.print(f"[dim]listening on {source.name}; speak, Ctrl-C to leave[/]")
         reply: asyncio.Task | None = None
@@ -230,6 +254,8 @@ class Chat:
                 self.turn_start = time.perf_counter() - (self.times.transcript or 0.0)
                 self.console.print(f"[bold cyan]you:[/] {event.text}")
                 reply = asyncio.create_task(self.respond(event.text))
+        if reply is not None:  # the input ended (a file source): let the last reply finish
+            await reply
 
 
 def run_chat(args: argparse.Namespace, config: KoeConfig) -> int:

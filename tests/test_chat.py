@@ -114,8 +114,34 @@ def test_llm_failure_ends_the_turn_and_the_next_turn_works(tmp_path):
     with FakeLlmServer() as server:
         server.script(*[Reply(status=500)] * 2, Reply("Back again."))
         config = setup_home(tmp_path, server.url)
-        config.write_text(config.read_text().replace("api_key = 'sk-test'", "api_key = 'sk-test'\nretries = 1"))
+        config.write_text(
+            config.read_text().replace("api_key = 'sk-test'", "api_key = 'sk-test'\nretries = 1")
+        )
         result = chat(config, ["First?", "Second?"], "--mute")
     assert result.returncode == 0, result.stderr
     assert "500" in result.stdout and "Back again." in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_voice_chat_from_a_file_hears_the_user_and_answers(tmp_path):
+    """The voice loop with the file source and the real tiny.en Whisper: words reach the LLM."""
+    require_fixtures()
+    from asr_helpers import require_espeak, speak, tiny_en_dir, write_wav
+
+    require_espeak()
+    import numpy as np
+
+    clip = np.concatenate([np.zeros(8000, np.float32), speak("Please open the window."), np.zeros(16000, np.float32)])
+    wav = write_wav(tmp_path / "user.wav", clip)
+    with FakeLlmServer() as server:
+        server.script(Reply("Of course, opening it now."))
+        config = setup_home(tmp_path, server.url)
+        config.write_text(config.read_text() + f"[asr]\nmodel = '{tiny_en_dir()}'\nlanguage = 'en'\n")
+        result = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "chat", "--mute", "--input", str(wav), "--config", str(config)],
+            capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        heard = server.requests[0]["messages"][-1]["content"].lower()
+    assert "open" in heard and "window" in heard
+    assert "Of course, opening it now." in result.stdout and "transcript" in result.stdout
