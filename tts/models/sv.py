@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agent.errors import KoeError
 from tts.fbank import batch_fbank
+from tts.weights import read_state_dict
 from tts.weights.sovits import check_keys
 
 CLIP = 20.0  # the blocks' activation is ReLU clipped at 20 (Hardtanh(0, 20))
@@ -184,17 +184,11 @@ def speaker_embedding(model: ERes2NetV2, wave16k: torch.Tensor) -> torch.Tensor:
 def load_sv_model(path: str | Path, cfg: SVConfig | None = None) -> ERes2NetV2:
     """Load a plain-state-dict ERes2NetV2 checkpoint (strict keys and shapes), eval mode, float32."""
     path = Path(path)
-    if not path.is_file():
-        raise KoeError(
-            f"speaker-verification model not found: {path} (v2Pro/v2ProPlus need "
-            "sv/pretrained_eres2netv2w24s4ep4.ckpt from the GPT-SoVITS pretrained models)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means the file is unusable
-        raise KoeError(f"{path}: cannot read as a torch checkpoint of tensors ({exc})") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise KoeError(f"{path}: expected a plain state dict (name -> tensor), got {type(state).__name__}")
+    state = read_state_dict(
+        path,
+        "speaker-verification model not found (v2Pro/v2ProPlus need sv/pretrained_eres2netv2w24s4ep4.ckpt "
+        "from the GPT-SoVITS pretrained models: `koe models download gsv-v2pro`)",
+    )
     cfg = cfg or SVConfig()
     with torch.device("meta"):  # no random init: every tensor comes from the file
         model = ERes2NetV2(cfg)

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from agent.errors import KoeError
 from tts.models.generator import Generator
+from tts.weights import read_state_dict
 from tts.weights.sovits import check_keys, fold_weight_norm
 
 
@@ -69,17 +69,11 @@ def load_vocoder(path: str | Path, cfg: VocoderConfig | None = None) -> Generato
     Call the result on a denormalised log mel [B, 100, T] to get a waveform [B, 1, 480·T] in [-1, 1].
     """
     path = Path(path)
-    if not path.is_file():
-        raise KoeError(
-            f"v4 vocoder not found: {path} (SoVITS v4 needs gsv-v4-pretrained/vocoder.pth from the "
-            "GPT-SoVITS pretrained models)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means the file is unusable
-        raise KoeError(f"{path}: cannot read as a torch checkpoint of tensors ({exc})") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise KoeError(f"{path}: expected a plain state dict (name -> tensor), got {type(state).__name__}")
+    state = read_state_dict(
+        path,
+        "v4 vocoder not found (SoVITS v4 needs gsv-v4-pretrained/vocoder.pth from the GPT-SoVITS pretrained "
+        "models: `koe models download gsv-v4`)",
+    )
     cfg = cfg or VocoderConfig()
     with torch.device("meta"):  # no random init: every tensor comes from the file
         model = build_vocoder(cfg)

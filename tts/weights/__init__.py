@@ -209,3 +209,20 @@ __all__ = [
     "plain_config",
     "read_checkpoint",
 ]
+
+
+def read_state_dict(path: str | Path, missing: str) -> dict[str, torch.Tensor]:
+    """A plain `name -> tensor` checkpoint (speaker model, vocoder), read with `weights_only=True`.
+
+    `missing` is the message for a file that does not exist (which file it should be, where it comes from).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KoeError(f"{missing}: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means the file is unusable
+        raise KoeError(f"{path}: cannot read as a torch checkpoint of tensors ({exc})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KoeError(f"{path}: expected a plain state dict (name -> tensor), got {type(state).__name__}")
+    return state
