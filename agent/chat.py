@@ -188,6 +188,17 @@ class Chat:
         if parts:
             self.console.print(f"[dim]{' · '.join(parts)}{' (interrupted)' if result.interrupted else ''}[/]")
 
+    async def _barge_in_if_sustained(self, endpointer, event, reply: asyncio.Task) -> None:
+        """Interrupt the reply once the user's speech lasted `[audio] barge_in_min_ms`."""
+        while not reply.done():
+            verdict = sustained_speech(endpointer, event.t, self.config.audio.barge_in_min_ms)
+            if verdict is not None:
+                if verdict:
+                    self.console.print("[dim](interrupted)[/]")
+                    self.interrupt()
+                return
+            await asyncio.sleep(0.02)
+
     # ------------------------------------------------------------------------------- loops
     async def run(self) -> None:
         player_task = asyncio.create_task(self.player.run()) if self.player else None
@@ -245,8 +256,8 @@ class Chat:
         self.console.print(f"[dim]listening on {source.name}; speak, Ctrl-C to leave[/]")
         reply: asyncio.Task | None = None
         async for event in listener.events():
-            if isinstance(event, SpeechStarted) and reply is not None and not reply.done():
-                self.interrupt()  # barge-in
+            if isinstance(event, SpeechStarted) and reply is not None and not reply.done() and audio.barge_in:
+                asyncio.create_task(self._barge_in_if_sustained(listener.endpointer, event, reply))
             elif isinstance(event, Heard) and event.text.strip():
                 if reply is not None and not reply.done():
                     await reply
@@ -256,6 +267,19 @@ class Chat:
                 reply = asyncio.create_task(self.respond(event.text))
         if reply is not None:  # the input ended (a file source): let the last reply finish
             await reply
+
+
+def sustained_speech(endpointer, started_at: float, min_ms: int) -> bool | None:
+    """Whether the user's speech since `started_at` is a real interruption: True once speech has lasted
+    (nearly) `min_ms` and goes on, False when it stopped short (a cough, "mm"), None while undecided."""
+    window = min_ms / 1000
+    if not endpointer.speaking:
+        return False
+    if endpointer.time - started_at < window:
+        return None
+    spoken = endpointer.last_speech_end - started_at
+    still_talking = endpointer.time - endpointer.last_speech_end < 0.15
+    return spoken >= 0.8 * window and still_talking
 
 
 def run_chat(args: argparse.Namespace, config: KoeConfig) -> int:

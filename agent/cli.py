@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "agent.commands",
     "agent.chat",
     "agent.character_cli",
+    "agent.serve_cli",
     "asr.cli",
     "tts.say_cli",
     "tts.cli",

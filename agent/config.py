@@ -34,6 +34,8 @@ class AudioConfig(Section):
     headphones: bool = False  # True turns echo cancellation off (the mic cannot hear the speakers)
     echo_cancellation: bool = True
     jitter_buffer_ms: int = Field(60, ge=0, le=1000)
+    barge_in: bool = True  # speaking while the character talks interrupts it
+    barge_in_min_ms: int = Field(300, ge=0)  # speech needed to interrupt (coughs and "mm" do not)
 
 
 class VadConfig(Section):

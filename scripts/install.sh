@@ -10,6 +10,7 @@ APT_PACKAGES=(
   libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins  # sounddevice + virtual audio devices
   open-jtalk-mecab-naist-jdic                          # Japanese frontend dictionary
   build-essential cmake                                # pyopenjtalk and jieba_fast build from source
+  chromium chromium-driver mono-mcs                    # browser-demo test, Unity script syntax check
 )
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -49,6 +49,11 @@ class Reply:
         return tokenize(self.text) if isinstance(self.text, str) else list(self.text)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # many concurrent clients in the WebSocket tests
+    daemon_threads = True
+
+
 class FakeLlmServer:
     def __init__(self) -> None:
         self.replies: list[Reply] = []
@@ -58,7 +63,7 @@ class FakeLlmServer:
         self.completed = 0  # streams sent to the end
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._server.block_on_close = False
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
 

@@ -145,3 +145,35 @@ def test_voice_chat_from_a_file_hears_the_user_and_answers(tmp_path):
         heard = server.requests[0]["messages"][-1]["content"].lower()
     assert "open" in heard and "window" in heard
     assert "Of course, opening it now." in result.stdout and "transcript" in result.stdout
+
+
+def _barge_verdicts(audio, min_ms=300):
+    """Feed audio to a real endpointer; after its speech-start event, the barge-in verdict over time."""
+    from agent.chat import sustained_speech
+    from agent.config import VadConfig
+    from asr.endpointer import Endpointer, SpeechStarted
+
+    endpointer = Endpointer(VadConfig())
+    started = None
+    for i in range(0, len(audio), 320):
+        for event in endpointer.process(audio[i : i + 320]):
+            if isinstance(event, SpeechStarted) and started is None:
+                started = event.t
+        if started is not None:
+            verdict = sustained_speech(endpointer, started, min_ms)
+            if verdict is not None:
+                return verdict
+    return None
+
+
+def test_barge_in_needs_sustained_speech():
+    from asr_helpers import require_espeak, speak
+
+    require_espeak()
+    import numpy as np
+
+    silence = np.zeros(16000, np.float32)
+    sentence = speak("Wait a moment, I want to ask you something else.")
+    short = speak("mm", "en-us", 300)[:2400]  # a 150 ms backchannel
+    assert _barge_verdicts(np.concatenate([silence, sentence, silence])) is True
+    assert _barge_verdicts(np.concatenate([silence, short, silence])) in (False, None)

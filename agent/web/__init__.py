@@ -1,0 +1,1 @@
+"""Static files of the browser demo that `koe serve` serves at /."""
