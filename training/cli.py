@@ -466,6 +466,8 @@ def run_train_gpt(args: argparse.Namespace, config: KoeConfig) -> int:
     )
     with _progress("training GPT", None) as advance:
         result = train_gpt(options, on_batch=lambda done, total, loss: advance())
+    if result.rank != 0:
+        return 0
     print(
         f"GPT: {result.epochs_done} epochs, {result.global_step} steps, last loss {result.last_loss:.2f}, "
         f"{result.seconds:.1f} s"
@@ -482,7 +484,7 @@ def _register_export(steps) -> None:
         description="Export inference weights in the official formats: GPT_weights_<version>/<name>-e<E>.ckpt.",
     )
     _add_experiment_options(p)
-    p.add_argument("--stage", choices=("gpt",), default="gpt", help="which model to export")
+    p.add_argument("--stage", choices=("gpt", "sovits", "both"), default="both", help="which model to export")
     p.add_argument("--checkpoint", type=Path, metavar="FILE", help="a full training checkpoint")
     p.add_argument("-o", "--output", type=Path, metavar="DIR", help="folder for the weights")
     p.set_defaults(handler=run_export)
@@ -494,7 +496,9 @@ def run_export(args: argparse.Namespace, config: KoeConfig) -> int:
     from training.gpt_train import CHECKPOINT_PATTERN, GPTTrainOptions
 
     exp_dir, version = _experiment(args, config)
-    if args.stage == "gpt":
+    if args.checkpoint and args.stage == "both":
+        raise KoeError("--checkpoint names one stage's checkpoint: add --stage gpt or --stage sovits")
+    if args.stage in ("gpt", "both"):
         options = GPTTrainOptions(exp_dir, exp_dir.name, version, pretrained=Path())
         checkpoint = args.checkpoint or latest_checkpoint(options.ckpt_dir, CHECKPOINT_PATTERN)
         if checkpoint is None:
@@ -503,27 +507,43 @@ def run_export(args: argparse.Namespace, config: KoeConfig) -> int:
             )
         path = export_gpt(checkpoint, args.output or options.resolved_weights_dir(), exp_dir.name)
         print(f"exported {path}")
+    if args.stage in ("sovits", "both"):
+        from training.export import export_sovits_checkpoint
+        from training.sovits_train import SoVITSTrainSettings, latest_pair
+
+        settings = SoVITSTrainSettings(exp_dir, Path(), Path(), version=version)
+        found = None if args.checkpoint else latest_pair(settings.checkpoint_dir)
+        checkpoint = args.checkpoint or (found[1] if found else None)
+        if checkpoint is None:
+            raise KoeError(
+                f"no SoVITS training checkpoint in {settings.checkpoint_dir}: run `koe voice train-sovits` first"
+            )
+        path = export_sovits_checkpoint(checkpoint, args.output or settings.weights_dir, exp_dir.name)
+        print(f"exported {path}")
     return 0
 
 
 # --- train-sovits (helper K) ---------------------------------------------------------------------------
 #   koe voice train-sovits --name aria                    # fine-tune SoVITS from the version's pretrained G/D
 
-DISCRIMINATOR_COMPONENTS = {"v2": "gsv-v2-train", "v2Pro": "gsv-v2pro-train", "v2ProPlus": "gsv-v2pro-train"}
+# version -> (component, file) of the pretrained discriminator (upstream: the G file's name, s2G -> s2D)
+PRETRAINED_DISCRIMINATORS = {
+    "v2": ("gsv-v2-train", "s2D2333k.pth"),
+    "v2Pro": ("gsv-v2pro-train", "s2Dv2Pro.pth"),
+    "v2ProPlus": ("gsv-v2pro-train", "s2Dv2ProPlus.pth"),
+}
 
 
 def _pretrained_discriminator(config: KoeConfig, version: str) -> Path:
-    """The pretrained s2D*.pth of `version` (the G file's name with s2G -> s2D, as upstream)."""
+    """The pretrained s2D*.pth of `version` (a KoeError with the download command when missing)."""
     from agent.model_manager import ModelManager
 
-    if version not in DISCRIMINATOR_COMPONENTS:
+    if version not in PRETRAINED_DISCRIMINATORS:
         raise KoeError(f"no pretrained discriminator is listed for {version}; pass --pretrained-d FILE")
+    component, name = PRETRAINED_DISCRIMINATORS[version]
     manager = ModelManager(config.models.dir)
-    component = DISCRIMINATOR_COMPONENTS[version]
     manager.require(component)
-    wanted = _pretrained_file(config, version, "sovits").name.replace("s2G", "s2D", 1)
-    files = manager.expected_paths(manager.component(component))
-    return next((p for p in files if p.name == wanted), files[0])
+    return next(p for p in manager.expected_paths(manager.component(component)) if p.name == name)
 
 
 def _register_train_sovits(steps) -> None:
@@ -540,16 +560,24 @@ def _register_train_sovits(steps) -> None:
     _add_experiment_options(p)
     p.add_argument("--pretrained-g", type=Path, metavar="PTH", help="pretrained s2G (default: the version's)")
     p.add_argument("--pretrained-d", type=Path, metavar="PTH", help="pretrained s2D (default: the version's)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="per GPU; default: [training] sovits_batch_size")
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", help="per GPU; default: [training] sovits_batch_size"
+    )
     p.add_argument("--epochs", type=int, metavar="N", help="default: [training] sovits_epochs")
     p.add_argument("--save-every", type=int, metavar="N", help="default: [training] save_every_epochs")
     p.add_argument("--keep-latest", type=int, metavar="N", help="G/D pairs kept ([training] keep_latest)")
     p.add_argument("--no-fp16", action="store_true", help="train in fp32 on CUDA too")
     p.add_argument(
-        "--text-low-lr-rate", type=float, default=0.4, metavar="R", help="learning-rate factor of the text modules"
+        "--text-low-lr-rate",
+        type=float,
+        default=0.4,
+        metavar="R",
+        help="learning-rate factor of the text modules",
     )
     p.add_argument("--no-weights", action="store_true", help="do not write small inference weights at saves")
-    p.add_argument("--weights-dir", type=Path, metavar="DIR", help="default: <exp-dir>/SoVITS_weights_<version>")
+    p.add_argument(
+        "--weights-dir", type=Path, metavar="DIR", help="default: <exp-dir>/SoVITS_weights_<version>"
+    )
     p.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes (default 2)")
     p.add_argument(
         "--repeat-below", type=int, default=100, metavar="N",
@@ -590,6 +618,8 @@ def run_train_sovits(args: argparse.Namespace, config: KoeConfig) -> int:
     )
     with _progress("training SoVITS", None) as advance:
         result = train_sovits(settings, on_step=lambda step, scalars: advance())
+    if result.rank != 0:
+        return 0
     print(f"SoVITS: {result.epochs_done} epochs, {result.global_step} steps")
     for path in result.weights:
         print(f"weights: {path}")
