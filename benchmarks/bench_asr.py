@@ -30,12 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from asr_helpers import SAMPLE_RATE, SPOKEN, make_corpus, word_error_rate  # noqa: E402
-
 from agent.config import VadConfig  # noqa: E402
 from asr.endpointer import Endpointer, Utterance  # noqa: E402
 from asr.transcriber import MODEL_FOLDER_PREFIX, Transcriber  # noqa: E402
 from asr.vad import SpeechDetector  # noqa: E402
+from asr_helpers import SAMPLE_RATE, SPOKEN, make_corpus, word_error_rate  # noqa: E402
 
 ENGINES = ("webrtc", "silero", "both")
 VARIANTS = [("en-us", 0), ("en-gb-x-rp", 15), ("en-029", -15)]  # voice, speed change

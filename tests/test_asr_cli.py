@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from agent.cli import main
 from asr_helpers import (
     SPOKEN,
     make_corpus,
@@ -19,8 +21,6 @@ from asr_helpers import (
     write_wav,
 )
 from test_asr_transcriber import MAX_WORD_ERROR_RATE
-
-from agent.cli import main
 
 KOE = Path(sys.executable).parent / "koe"
 TOLERANCE_S = 0.100

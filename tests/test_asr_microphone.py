@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from asr_helpers import SPOKEN, make_corpus, require_espeak, tiny_en_dir, word_error_rate, write_wav
 from test_asr_transcriber import MAX_WORD_ERROR_RATE
 

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 import soxr
-from asr_helpers import SAMPLE_RATE, SPOKEN, make_corpus, random_whisper_dir, require_espeak, write_wav
 
 from agent.config import VadConfig
 from agent.errors import KoeError
@@ -17,6 +16,7 @@ from asr.endpointer import SpeechStarted, Utterance
 from asr.listener import Heard, Listener, PartialTranscript
 from asr.sources import FileSource, PushSource, find_input_device
 from asr.transcriber import Transcriber
+from asr_helpers import SAMPLE_RATE, SPOKEN, make_corpus, random_whisper_dir, require_espeak, write_wav
 
 
 async def collect(source) -> list[np.ndarray]:

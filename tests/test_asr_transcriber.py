@@ -7,6 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 import soxr
+
+from agent.config import AsrConfig
+from agent.errors import KoeError
+from asr.transcriber import Transcriber, resolve_model_dir
 from asr_helpers import (
     SAMPLE_RATE,
     SPOKEN,
@@ -18,10 +22,6 @@ from asr_helpers import (
     word_error_rate,
     write_wav,
 )
-
-from agent.config import AsrConfig
-from agent.errors import KoeError
-from asr.transcriber import Transcriber, resolve_model_dir
 
 # tiny.en, beam 1, int8 on the five espeak-ng sentences: 0.06 here (0.26 on another session's set).
 MAX_WORD_ERROR_RATE = 0.25

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from asr_helpers import SAMPLE_RATE, SPOKEN, make_corpus, require_espeak, speak
 
 from agent.config import VadConfig
 from asr.endpointer import Endpointer, SpeechStarted, Utterance, longest_false_run
 from asr.vad import SileroVad, SpeechDetector
+from asr_helpers import SAMPLE_RATE, SPOKEN, make_corpus, require_espeak, speak
 
 TOLERANCE_S = 0.100  # each boundary within 100 ms of the truth ...
 REQUIRED_FRACTION = 0.95  # ... for at least this share of the utterances

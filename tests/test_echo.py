@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from asr_helpers import require_espeak, speak
 
 from agent.config import VadConfig
 from asr.endpointer import Endpointer, SpeechStarted
+from asr_helpers import require_espeak, speak
 
 BLOCK = 320  # 20 ms at 16 kHz, as the microphone delivers
 

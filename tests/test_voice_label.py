@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from asr_helpers import random_whisper_dir, require_espeak, speak, tiny_en_dir, write_wav
 
 from agent.cli import main
 from agent.errors import KoeError
+from asr_helpers import random_whisper_dir, require_espeak, speak, tiny_en_dir, write_wav
 from training.dataset import ListEntry, clean_field, list_code, parse_list, read_list
 from training.label import label_clips, skipped_path, whisper_language
 
