@@ -192,6 +192,7 @@ class TTSPipeline:
         cache_dir: Path | None = None,
         gpt_path: str = "",
         sovits_path: str = "",
+        sv_path: str | Path | None = None,
     ):
         self.t2s = t2s
         self.sovits = sovits
@@ -202,6 +203,7 @@ class TTSPipeline:
         self.cache_dir = cache_dir
         self.gpt_path = gpt_path
         self.sovits_path = sovits_path
+        self.sv_path = sv_path
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._reset_reference_state()
@@ -240,8 +242,38 @@ class TTSPipeline:
         log.info("voice loaded in %.2f s (SoVITS %s)", time.perf_counter() - started, sovits.config.version)
         return cls(
             t2s, sovits, frontend, hubert, speaker_encoder, device, cache_dir,
-            gpt_path=str(gpt_path), sovits_path=str(sovits_path),
+            gpt_path=str(gpt_path), sovits_path=str(sovits_path), sv_path=sv_path,
         )  # fmt: skip
+
+    # ------------------------------------------------------------------- switching weights
+    def set_gpt_weights(self, path: str | Path) -> None:
+        """Load another GPT file; on failure the loaded one stays (KoeError with the reason)."""
+        from tts.weights.gpt import load_gpt
+
+        with self.lock:
+            self.t2s = load_gpt(path, device=self.device).model
+            self.gpt_path = str(path)
+            self._mute_similarity = None
+            self._prompt_cache.clear()
+
+    def set_sovits_weights(self, path: str | Path) -> None:
+        """Load another SoVITS file (any supported version); cached reference features are dropped,
+        unlike the official server, which keeps prompt tokens of the previous model."""
+        from tts.weights.sovits import load_sovits
+
+        sovits = load_sovits(path, device=self.device)
+        if sovits.config.version in ("v3", "v4"):
+            raise KoeError(f"{path}: SoVITS {sovits.config.version} synthesis is not supported yet")
+        speaker_encoder = self.speaker_encoder
+        if sovits.config.is_pro and speaker_encoder is None:
+            speaker_encoder = load_speaker_encoder(self.sv_path, self.device)
+        with self.lock:
+            self.sovits, self.speaker_encoder, self.sovits_path = sovits, speaker_encoder, str(path)
+            self._reset_reference_state()
+
+    def prepare_reference(self, path: str | Path) -> None:
+        """Compute and cache a clip's features now (KoeError if missing, unreadable or outside 3-10 s)."""
+        self.references.prepare(path)
 
     # ------------------------------------------------------------------------------ state
     def _reset_reference_state(self) -> None:
