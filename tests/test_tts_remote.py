@@ -6,9 +6,9 @@ import socket
 
 import numpy as np
 import pytest
-from api_v2_helpers import StandInEngine, serve_in_thread, write_reference, write_weights
 
 from agent.errors import KoeError
+from api_v2_helpers import StandInEngine, serve_in_thread, write_reference, write_weights
 from tts.remote import ApiV2Client, WavStreamReader, request_body
 from tts.server import create_app, wav_header
 

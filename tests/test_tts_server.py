@@ -20,6 +20,10 @@ from urllib.parse import urlencode
 import numpy as np
 import pytest
 import soundfile as sf
+
+from agent.cli import build_parser
+from agent.config import KoeConfig
+from agent.errors import KoeError
 from api_v2_helpers import (
     RawResponse,
     StandInEngine,
@@ -30,10 +34,6 @@ from api_v2_helpers import (
     write_reference,
     write_weights,
 )
-
-from agent.cli import build_parser
-from agent.config import KoeConfig
-from agent.errors import KoeError
 from tts.cli import read_tts_infer_yaml, resolve_models, run_tts_serve
 from tts.server import create_app
 
