@@ -153,3 +153,22 @@ def test_reference_at_another_rate_and_stereo(engine):
     )
     chunks = collect(engine, "A short test.", stream="none", voice=voice)
     assert chunks[0].sample_rate == 32000 and len(chunks[0].audio) > 0
+
+
+def test_api_v2_backend_speaks_through_our_own_server(engine, tmp_path):
+    """`[tts] backend = "api_v2"`: the same engine API, synthesized by a server on loopback."""
+    from dataclasses import replace
+
+    from api_v2_helpers import serve_in_thread
+    from tts.engine import TtsEngine
+    from tts.server import create_app
+
+    app = create_app(engine.pipeline, on_exit=lambda: None, on_restart=lambda: None)
+    with serve_in_thread(app) as port:
+        settings = TtsConfig(backend="api_v2", api_v2_url=f"http://127.0.0.1:{port}", top_k=1, seed=7)
+        remote = TtsEngine.load(voice_spec(), tmp_path, settings)
+        chunks = collect(remote, "Good evening, friends.", stream="tokens")
+        assert len(chunks) > 1 and {c.sample_rate for c in chunks} == {32000}
+        assert sum(len(c.audio) for c in chunks) > 16000
+        with pytest.raises(KoeError, match="reference audio not found"):
+            collect(remote, "Hello.", voice=replace(voice_spec(), ref_audio=tmp_path / "missing.wav"))

@@ -96,6 +96,7 @@ class TtsEngine:
     """One loaded voice (and optional per-emotion reference clips) speaking through a `TTSPipeline`."""
 
     def __init__(self, pipeline: TTSPipeline, voice: VoiceSpec, settings: TtsConfig | None = None):
+        """`pipeline`: the in-process `TTSPipeline`, or an `ApiV2Client` (same `run`/`check`/`stop`)."""
         self.pipeline = pipeline
         self.voice = voice
         self.settings = settings or TtsConfig()
@@ -110,10 +111,18 @@ class TtsEngine:
         settings: TtsConfig | None = None,
         device: str = "cpu",
     ) -> TtsEngine:
-        """Load the voice's weights plus HuBERT, BERT (and the speaker model) from the models folder."""
+        """Load the voice's weights plus HuBERT, BERT (and the speaker model) from the models folder.
+
+        With `[tts] backend = "api_v2"` nothing is loaded: an existing GPT-SoVITS api_v2 server (or
+        `koe tts-serve`) at `[tts] api_v2_url` synthesizes, with this voice's files given by path.
+        """
         from agent.model_manager import ModelManager
 
         settings = settings or TtsConfig()
+        if settings.backend == "api_v2":
+            from tts.remote import ApiV2Client
+
+            return cls(ApiV2Client(settings.api_v2_url), voice, settings)
         for path, what in ((voice.gpt, "GPT weights"), (voice.sovits, "SoVITS weights")):
             if not Path(path).is_file():
                 raise KoeError(f"{what} not found: {path} (train a voice or `koe models download gsv-v2`)")

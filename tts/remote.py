@@ -112,6 +112,17 @@ class ApiV2Client:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self._stop = False
+        # The output rate of the served model is only known from the first answer's WAV header;
+        # until then assume 32 kHz (v1, v2, v2Pro, v2ProPlus).
+        self.sample_rate = 32000
+
+    def stop(self) -> None:
+        """Stop reading the answer being streamed (cancellation); the connection is closed."""
+        self._stop = True
+
+    def check(self, params: dict) -> None:
+        """Nothing to check locally: the server validates and answers 400 with its reason."""
 
     def close(self) -> None:
         self._client.close()
@@ -126,6 +137,7 @@ class ApiV2Client:
     def run(self, params: dict) -> Iterator[Piece]:
         """Synthesise on the server; pieces are yielded as the server sends them."""
         reader = WavStreamReader()
+        self._stop = False
         with self._errors_mapped():
             with self._client.stream("POST", "/tts", json=request_body(params)) as response:
                 if response.status_code != 200:
@@ -137,8 +149,11 @@ class ApiV2Client:
                         f"the api_v2 server at {self.base_url} answered {content_type!r}, not audio/wav"
                     )
                 for data in response.iter_bytes():
+                    if self._stop:
+                        return
                     samples = reader.feed(data)
                     if samples is not None:
+                        self.sample_rate = reader.sample_rate
                         yield reader.sample_rate, samples
         if reader.sample_rate is None:
             raise KoeError(f"the api_v2 server at {self.base_url} ended the answer before the WAV header")
