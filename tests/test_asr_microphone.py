@@ -98,7 +98,7 @@ class Koe:
 
 def test_listen_hears_words_from_the_virtual_microphone(virtual_audio, tmp_path):
     require_espeak()
-    corpus = make_corpus(SPOKEN[:2], gap_s=1.0, lead_s=0.3)
+    corpus = make_corpus(SPOKEN[:2], gap_s=1.0, lead_s=1.0)  # room for a slow stream start
     wav = write_wav(tmp_path / "speech.wav", corpus.audio)
     env = {**virtual_audio, "PULSE_SOURCE": "vmic.monitor"}
     koe = Koe(["listen", "--model", str(tiny_en_dir()), "--json"], env)

@@ -139,6 +139,7 @@ def load_pipeline(models: ServeModels, config: KoeConfig):
         if exc.name == "tts.pipeline":
             raise KoeError("the TTS engine (tts.pipeline) is not part of this build yet") from None
         raise
+    sv_path = config.models.dir / "sv" / "pretrained_eres2netv2w24s4ep4.ckpt"  # v2Pro/v2ProPlus speaker model
     return TTSPipeline.from_paths(
         models.gpt,
         models.sovits,
@@ -146,6 +147,7 @@ def load_pipeline(models: ServeModels, config: KoeConfig):
         models.hubert,
         device=models.device,
         cache_dir=config.tts.cache_dir,
+        sv_path=sv_path if sv_path.is_file() else None,
     )
 
 
