@@ -133,7 +133,7 @@ class TtsEngine:
         pipeline = TTSPipeline.from_paths(
             voice.gpt, voice.sovits, bert if bert.is_dir() else None, hubert, device=device,
             cache_dir=settings.cache_dir, sv_path=sv_path if sv_path.is_file() else None,
-            use_g2pw=settings.g2pw, g2pw_dir=models_dir / "G2PWModel",
+            use_g2pw=settings.g2pw, g2pw_dir=models_dir / "G2PWModel", precision=settings.precision,
         )  # fmt: skip
         return cls(pipeline, voice, settings)
 

@@ -221,15 +221,23 @@ class TTSPipeline:
         speaker_encoder: SpeakerEncoder | None = None,
         use_g2pw: bool = False,
         g2pw_dir: str | Path | None = None,
+        precision: str = "fp32",
     ) -> TTSPipeline:
-        """Load every model from explicit paths (nothing is downloaded here)."""
+        """Load every model from explicit paths (nothing is downloaded here).
+
+        `precision` ("fp32", "fp16", "bf16") is the T2S weight precision; SoVITS, HuBERT and BERT stay
+        in fp32. fp32 is the exact mode the parity tests check.
+        """
         from tts.hubert import HubertEncoder
         from tts.text.frontend import TextFrontend
         from tts.weights.gpt import load_gpt
         from tts.weights.sovits import load_sovits
 
         started = time.perf_counter()
-        t2s = load_gpt(gpt_path, device=device).model
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        if precision not in dtypes:
+            raise KoeError(f"unknown precision {precision!r} (fp32, fp16, bf16)")
+        t2s = load_gpt(gpt_path, device=device, dtype=dtypes[precision]).model
         sovits = load_sovits(sovits_path, device=device)
         if sovits.config.version in ("v3", "v4"):
             raise KoeError(
@@ -251,7 +259,7 @@ class TTSPipeline:
         from tts.weights.gpt import load_gpt
 
         with self.lock:
-            self.t2s = load_gpt(path, device=self.device).model
+            self.t2s = load_gpt(path, device=self.device, dtype=self.t2s.bert_proj.weight.dtype).model
             self.gpt_path = str(path)
             self._mute_similarity = None
             self._prompt_cache.clear()
@@ -453,7 +461,8 @@ class TTSPipeline:
         if prompt is not None:
             phones = prompt[0] + phones
             bert = torch.cat([prompt[1], bert], dim=1)
-        return torch.tensor(phones, dtype=torch.long, device=self.device), bert.to(self.device)
+        dtype = self.t2s.bert_proj.weight.dtype  # fp32, or the reduced precision the T2S runs in
+        return torch.tensor(phones, dtype=torch.long, device=self.device), bert.to(self.device, dtype)
 
     def _synthesize_batch(
         self, batch: list[Sentence], prompt, reference, p: RunParams, parallel: bool, trace
