@@ -177,3 +177,39 @@ def test_barge_in_needs_sustained_speech():
     short = speak("mm", "en-us", 300)[:2400]  # a 150 ms backchannel
     assert _barge_verdicts(np.concatenate([silence, sentence, silence])) is True
     assert _barge_verdicts(np.concatenate([silence, short, silence])) in (False, None)
+
+
+def test_barge_in_stops_playback_within_100_ms(tmp_path):
+    """The real sounddevice player on the virtual speaker: `clear()` stops a long piece at once, and the
+    piece reports only the part that was played."""
+    if subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
+        pytest.skip("no PulseAudio server: no speakers to play to")
+    import asyncio
+    import time
+
+    import numpy as np
+
+    from agent.chat import Player
+    from agent.turn import Piece
+
+    async def scenario():
+        player = Player(32000)
+        piece = Piece(0, "A long sentence that the user interrupts halfway through.", None, None)
+        tone = (np.sin(np.arange(32000 * 4) * 2 * np.pi * 220 / 32000) * 8000).astype(np.int16)
+        piece.total_len = len(tone)
+        task = asyncio.create_task(player.run())
+        await player.queue.put((piece, tone, True))
+        await asyncio.sleep(1.0)
+        cleared = time.perf_counter()
+        player.clear()
+        while not piece.heard_text and time.perf_counter() - cleared < 2:
+            await asyncio.sleep(0.005)
+        stopped = time.perf_counter() - cleared
+        task.cancel()
+        player.close()
+        return stopped, piece
+
+    stopped, piece = asyncio.run(scenario())
+    print(f"playback stopped {stopped * 1000:.0f} ms after the barge-in")
+    assert stopped < 0.1, f"playback took {stopped * 1000:.0f} ms to stop"
+    assert not piece.played and 0 < len(piece.heard_text) < len(piece.text)
