@@ -40,13 +40,13 @@ def require_espeak() -> None:
 
 
 @functools.cache
-def speak(text: str, voice: str = "en-us", speed: int = 160) -> np.ndarray:
-    """espeak-ng speech as float32 16 kHz mono."""
+def speak(text: str, voice: str = "en-us", speed: int = 160, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """espeak-ng speech as float32 mono at `rate` (16 kHz by default)."""
     wav = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], check=True, capture_output=True
     ).stdout
-    audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
-    return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    audio, espeak_rate = soundfile.read(io.BytesIO(wav), dtype="float32")
+    return soxr.resample(audio, espeak_rate, rate).astype(np.float32)
 
 
 def speech_bounds(audio: np.ndarray, frame: int = 160, threshold: float = 0.02) -> tuple[int, int]:

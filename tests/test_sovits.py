@@ -25,6 +25,7 @@ from tts.weights.sovits import (
     read_sovits,
     save_sovits,
 )
+from voice_helpers import tiny_sovits_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT.parent / "shared" / "spec"
@@ -97,34 +98,6 @@ def test_fold_weight_norm_equals_torch_weight_norm():
     torch.testing.assert_close(folded["up.weight"], conv.weight.detach(), rtol=1e-6, atol=1e-7)
 
 
-def _tiny_config(version: str) -> dict:
-    """A small official-style config (sizes the official code leaves free)."""
-    model = {
-        "inter_channels": 16, "hidden_channels": 32, "filter_channels": 48, "n_heads": 2, "n_layers": 2,
-        "kernel_size": 3, "p_dropout": 0.0, "resblock": "1", "resblock_kernel_sizes": [3, 5],
-        "resblock_dilation_sizes": [[1, 3], [1, 3]], "upsample_rates": [10, 8, 8],
-        "upsample_initial_channel": 32, "upsample_kernel_sizes": [20, 16, 16], "n_layers_q": 3,
-        "use_spectral_norm": False, "gin_channels": 24, "semantic_frame_rate": "25hz",
-        "freeze_quantizer": True, "version": version,
-    }  # fmt: skip
-    if version not in ("v2Pro", "v2ProPlus"):
-        model["gin_channels"] = 512  # v1/v2/v4 add the style vector to the 512-wide MRTE block
-    data = {
-        "sampling_rate": 32000,
-        "filter_length": 2048,
-        "hop_length": 640,
-        "win_length": 2048,
-        "n_speakers": 300,
-    }
-    return {
-        "train": {"segment_size": 20480},
-        "data": data,
-        "model": model,
-        "version": version,
-        "pretrain": None,
-    }
-
-
 def _random_weights(config: dict) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     sovits_config = config_from_file(config, config["model"]["version"])
@@ -134,7 +107,7 @@ def _random_weights(config: dict) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("version, header", [("v2", b"PK"), ("v2Pro", b"05"), ("v2ProPlus", b"06")])
 def test_written_file_reads_back_identically(tmp_path, version, header):
-    config = _tiny_config(version)
+    config = tiny_sovits_config(version)
     path = tmp_path / "voice_e8_s96.pth"
     save_sovits(path, _random_weights(config), config, "8epoch_96iteration", version)
     assert path.read_bytes()[:2] == header
@@ -156,7 +129,7 @@ def test_written_file_reads_back_identically(tmp_path, version, header):
 
 
 def test_written_file_decodes(tmp_path):
-    config = _tiny_config("v2ProPlus")
+    config = tiny_sovits_config("v2ProPlus")
     path = tmp_path / "plus.pth"
     save_sovits(path, _random_weights(config), config, "1epoch_1iteration", "v2ProPlus")
     model = load_sovits(path)
@@ -182,7 +155,7 @@ def test_written_file_decodes(tmp_path):
 
 def test_inference_model_can_be_exported(tmp_path):
     """A folded (inference) state dict is written with weight_g / weight_v pairs again."""
-    config = _tiny_config("v2")
+    config = tiny_sovits_config("v2")
     original = tmp_path / "a.pth"
     save_sovits(original, _random_weights(config), config, "1epoch_1iteration", "v2")
     model = load_sovits(original)
@@ -246,7 +219,7 @@ def test_spectrogram_frame_count():
 )
 def test_v4_front_end_lengths(tokens, speed, frames, mask):
     """v4 features: 2 x the 50 Hz encoder length; the WaveNet mask may be one frame shorter (spec 4.11)."""
-    config = config_from_file(_tiny_config("v4"), "v4")
+    config = config_from_file(tiny_sovits_config("v4"), "v4")
     torch.manual_seed(0)
     front = SynthesizerTrnV3(config).eval()
     codes, text, spec = (
@@ -267,7 +240,7 @@ def test_pretrained_style_file_with_posterior_encoder_loads(tmp_path, monkeypatc
 
     import tts.weights
 
-    config = _tiny_config("v2")
+    config = tiny_sovits_config("v2")
     payload = OrderedDict(weight=_random_weights(config), config=config, info="pretrained")
     assert any(k.startswith("enc_q.") for k in payload["weight"])
     path = tmp_path / "s2G2333k.pth"
@@ -282,7 +255,7 @@ def test_pretrained_style_file_with_posterior_encoder_loads(tmp_path, monkeypatc
 
 
 def test_v1_is_decided_by_the_phoneme_table(tmp_path):
-    config = _tiny_config("v1")
+    config = tiny_sovits_config("v1")
     path = tmp_path / "v1.pth"
     save_sovits(path, _random_weights(config), config, "1epoch_1iteration", "v1")
     model = load_sovits(path)
@@ -340,7 +313,7 @@ def test_v4_file_loads_front_end_and_cfm(tmp_path, monkeypatch):
         dim=64, depth=1, heads=2, dim_head=32, ff_mult=2, text_dim=512, conv_layers=1
     )
     monkeypatch.setattr(cfm_module, "build_sovits_cfm", lambda config=None: cfm_module.CFM(small))
-    config = _tiny_config("v4")
+    config = tiny_sovits_config("v4")
     torch.manual_seed(0)
     model = build_sovits(config_from_file(config, "v4"), weight_norm=True)
     weights = {k: v.half() for k, v in model.state_dict().items() if not k.endswith("rotary_embed.inv_freq")}

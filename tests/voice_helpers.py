@@ -9,18 +9,16 @@ built here with seeded random weights and written exactly as the official pretra
 from __future__ import annotations
 
 import functools
-import io
 import shutil
-import subprocess
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile
-import soxr
 import torch
+
+from asr_helpers import require_espeak, speak
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODELS = ROOT.parent / "shared" / "fixtures" / "pipeline" / "models"
@@ -43,19 +41,9 @@ TINY_GPT = {"dim": 32, "num_heads": 2, "num_layers": 2}
 TINY_SV = {"base_width": 4, "scale": 2, "expansion": 4, "m_channels": 64, "num_blocks": (1, 1, 1, 1)}
 
 
-def require_espeak() -> None:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt install espeak-ng)")
-
-
-@functools.cache
 def speak_32k(text: str, voice: str = "en-us", speed: int = 150) -> np.ndarray:
-    """espeak-ng speech as float32 32 kHz mono."""
-    wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], check=True, capture_output=True
-    ).stdout
-    audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
-    return soxr.resample(audio, rate, 32000).astype(np.float32)
+    """espeak-ng speech as float32 32 kHz mono (the SoVITS training rate)."""
+    return speak(text, voice, speed, rate=32000)
 
 
 @dataclass
