@@ -26,6 +26,16 @@ from tts.models.t2s import T2SConfig, T2SModel
 PHONES_PER_SECOND, TOKENS_PER_SECOND = 15, 25
 
 
+
+def _result(times: list[float], batch_size: int, device: torch.device) -> dict:
+    """Median step time (first step = warm-up, dropped), throughput and peak memory."""
+    step_s = sorted(times[1:])[len(times[1:]) // 2]
+    if device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+    return {"step_s": step_s, "steps_per_s": 1 / step_s, "items_per_s": batch_size / step_s, "peak_mb": peak_mb}
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -62,17 +72,7 @@ def bench_gpt(device: torch.device, batch_size: int, seconds: float, steps: int)
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
         times.append(time.perf_counter() - start)
-    step_s = sorted(times[1:])[len(times[1:]) // 2]
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
-    return {
-        "step_s": step_s,
-        "steps_per_s": 1 / step_s,
-        "items_per_s": batch_size / step_s,
-        "peak_mb": peak_mb,
-    }
+    return _result(times, batch_size, device)
 
 
 # --- SoVITS (added with the SoVITS trainer) -------------------------------------------------------------
@@ -113,17 +113,7 @@ def bench_sovits(
         update.step(batch)
         _sync(device)
         times.append(time.perf_counter() - start)
-    step_s = sorted(times[1:])[len(times[1:]) // 2]
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
-    return {
-        "step_s": step_s,
-        "steps_per_s": 1 / step_s,
-        "items_per_s": batch_size / step_s,
-        "peak_mb": peak_mb,
-    }
+    return _result(times, batch_size, device)
 
 
 def print_sovits_table(devices: list[str], batch_sizes: list[int], seconds: float, steps: int) -> None:
