@@ -213,3 +213,11 @@ def test_barge_in_stops_playback_within_100_ms(tmp_path):
     print(f"playback stopped {stopped * 1000:.0f} ms after the barge-in")
     assert stopped < 0.1, f"playback took {stopped * 1000:.0f} ms to stop"
     assert not piece.played and 0 < len(piece.heard_text) < len(piece.text)
+
+
+def test_chat_user_mistakes_are_one_line(tmp_path):
+    require_fixtures()
+    config = setup_home(tmp_path, "http://127.0.0.1:9/v1")
+    result = chat(config, [], "--mute", "--character", "nobody")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "nobody" in result.stderr and "koe: error:" in result.stderr
