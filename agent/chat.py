@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,54 +51,85 @@ class TurnTimes:
 
 
 class Player:
-    """Plays pieces in order on the speakers from a worker thread and reports what was heard."""
+    """Plays pieces in order on the speakers and reports what of each was heard.
+
+    A PortAudio callback pulls 20 ms blocks from the pending audio, so nothing blocks on a slow device,
+    and `clear()` (barge-in) silences the speakers within one block plus the device's own latency. The
+    samples counted as played are the ones handed to the device.
+    """
 
     def __init__(self, rate: int, device=None):
         import sounddevice as sd
 
+        self.rate = rate
+        self.echo = None  # an EchoCanceller that gets every block played (voice mode on speakers)
+        self.played_samples = 0  # of piece audio handed to the device, all pieces together
+        self._pending: deque[_Playing] = deque()
+        self._lock = threading.Lock()  # the callback runs on PortAudio's thread
         try:
-            self.stream = sd.OutputStream(samplerate=rate, channels=1, dtype="int16", device=device)
+            self.stream = sd.OutputStream(
+                samplerate=rate, channels=1, dtype="int16", device=device, blocksize=rate // 50,
+                latency="low", callback=self._fill,
+            )  # fmt: skip
             self.stream.start()
         except Exception as exc:  # no PortAudio device: tell the user how to go on
             raise KoeError(f"cannot open the speakers ({exc}); use --mute to chat without audio") from None
-        self.rate = rate
-        self.echo = None  # an EchoCanceller that gets every block played (voice mode on speakers)
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self._cleared = threading.Event()
-        self.first_audio_at: float | None = None
+
+    def play(self, piece, audio: np.ndarray) -> None:
+        """Queue one piece's whole audio (int16) after what is pending; call from the event loop."""
+        playing = _Playing(piece, np.asarray(audio, dtype=np.int16), asyncio.get_running_loop())
+        with self._lock:
+            self._pending.append(playing)
+
+    @property
+    def busy(self) -> bool:
+        """Whether audio is pending or playing."""
+        return bool(self._pending)
 
     def clear(self) -> None:
-        """Barge-in: drop everything queued and stop the current piece."""
-        self._cleared.set()
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        """Barge-in: drop everything pending and stop the current piece where it is."""
+        with self._lock:
+            current = self._pending[0] if self._pending else None
+            self._pending.clear()
+        if current is not None and current.offset > 0:
+            current.report(min(current.offset / len(current.audio), 0.99))
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            piece, audio, last = await self.queue.get()
-            self._cleared.clear()
-            done = await asyncio.to_thread(self._play, audio)
-            if self.first_audio_at is None:
-                self.first_audio_at = time.perf_counter()
-            piece.total_played = getattr(piece, "total_played", 0) + done
-            fraction = 1.0 if last and done == len(audio) else piece.total_played / max(piece.total_len, 1)
-            loop.call_soon(piece.heard, min(fraction, 1.0 if last else 0.99))
-
-    def _play(self, audio: np.ndarray) -> int:
-        block = self.rate // 50  # 20 ms, so a barge-in stops within a block
-        for start in range(0, len(audio), block):
-            if self._cleared.is_set():
-                return start
-            samples = audio[start : start + block]
-            if self.echo is not None:
-                self.echo.far_end(samples, self.rate)
-            self.stream.write(samples.reshape(-1, 1))
-        return len(audio)
+    def _fill(self, outdata, frames: int, time_info, status) -> None:
+        out = outdata[:, 0]
+        filled = 0
+        finished = []
+        with self._lock:
+            while filled < frames and self._pending:
+                playing = self._pending[0]
+                n = min(frames - filled, len(playing.audio) - playing.offset)
+                out[filled : filled + n] = playing.audio[playing.offset : playing.offset + n]
+                playing.offset += n
+                filled += n
+                if playing.offset >= len(playing.audio):
+                    finished.append(self._pending.popleft())
+            self.played_samples += filled
+        out[filled:] = 0
+        if self.echo is not None:
+            self.echo.far_end(out.copy(), self.rate)
+        for playing in finished:
+            playing.report(1.0)
 
     def close(self) -> None:
         self.stream.stop()
         self.stream.close()
+
+
+@dataclass
+class _Playing:
+    """One piece in the player: its audio, how far it has played, the loop to report progress to."""
+
+    piece: object
+    audio: np.ndarray
+    loop: asyncio.AbstractEventLoop
+    offset: int = 0
+
+    def report(self, fraction: float) -> None:
+        self.loop.call_soon_threadsafe(self.piece.heard, fraction)
 
 
 class Chat:
@@ -158,9 +190,7 @@ class Chat:
         ]
         if self.times.first_audio is None:
             self.times.first_audio = time.perf_counter() - self.turn_start
-        piece.total_len = sum(len(c.audio) for c in chunks)
-        for i, chunk in enumerate(chunks):
-            await self.player.queue.put((piece, chunk.audio, i == len(chunks) - 1))
+        self.player.play(piece, np.concatenate([c.audio for c in chunks]) if chunks else np.zeros(0, np.int16))
 
     def on_event(self, event: dict) -> None:
         if event.get("type") == "error":
@@ -201,7 +231,6 @@ class Chat:
 
     # ------------------------------------------------------------------------------- loops
     async def run(self) -> None:
-        player_task = asyncio.create_task(self.player.run()) if self.player else None
         try:
             self.turn_start = time.perf_counter()
             await self.conversation.greet(self.speak, on_event=self.on_event)
@@ -210,8 +239,6 @@ class Chat:
             else:
                 await self._voice_loop()
         finally:
-            if player_task:
-                player_task.cancel()
             await self.conversation.aclose()
             await self.llm.close()
             if self.player:

@@ -179,9 +179,9 @@ def test_barge_in_needs_sustained_speech():
     assert _barge_verdicts(np.concatenate([silence, short, silence])) in (False, None)
 
 
-def test_barge_in_stops_playback_within_100_ms(tmp_path):
-    """The real sounddevice player on the virtual speaker: `clear()` stops a long piece at once, and the
-    piece reports only the part that was played."""
+def test_barge_in_silences_the_speakers_within_100_ms(tmp_path):
+    """The real sounddevice player on the virtual speaker, recorded from the speaker's monitor: after
+    `clear()` the tone stops within 100 ms, and the piece reports only the part that was played."""
     if subprocess.run(["pactl", "info"], capture_output=True).returncode != 0:
         pytest.skip("no PulseAudio server: no speakers to play to")
     import asyncio
@@ -192,27 +192,45 @@ def test_barge_in_stops_playback_within_100_ms(tmp_path):
     from agent.chat import Player
     from agent.turn import Piece
 
-    async def scenario():
-        player = Player(32000)
-        piece = Piece(0, "A long sentence that the user interrupts halfway through.", None, None)
-        tone = (np.sin(np.arange(32000 * 4) * 2 * np.pi * 220 / 32000) * 8000).astype(np.int16)
-        piece.total_len = len(tone)
-        task = asyncio.create_task(player.run())
-        await player.queue.put((piece, tone, True))
-        await asyncio.sleep(1.0)
-        cleared = time.perf_counter()
-        player.clear()
-        while not piece.heard_text and time.perf_counter() - cleared < 2:
-            await asyncio.sleep(0.005)
-        stopped = time.perf_counter() - cleared
-        task.cancel()
-        player.close()
-        return stopped, piece
+    rate = 32000
+    recording = tmp_path / "speaker.raw"
+    recorder = subprocess.Popen(
+        ["parecord", "-d", "vspk.monitor", "--raw", f"--rate={rate}", "--channels=1", "--format=s16le", str(recording)]
+    )
+    time.sleep(1.5)  # PulseAudio streams take up to 1.5 s to start delivering
 
-    stopped, piece = asyncio.run(scenario())
-    print(f"playback stopped {stopped * 1000:.0f} ms after the barge-in")
-    assert stopped < 0.1, f"playback took {stopped * 1000:.0f} ms to stop"
+    async def scenario():
+        player = Player(rate)
+        piece = Piece(0, "A long sentence that the user interrupts halfway through.", None, None)
+        tone = (np.sin(np.arange(rate * 4) * 2 * np.pi * 220 / rate) * 8000).astype(np.int16)
+        player.play(piece, tone)
+        deadline = time.perf_counter() + 10
+        while player.played_samples < rate // 2 and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
+        player.clear()
+        at_clear = player.played_samples
+        await asyncio.sleep(0.5)
+        after = player.played_samples
+        player.close()
+        return piece, at_clear, after
+
+    try:
+        piece, at_clear, after = asyncio.run(scenario())
+        time.sleep(0.3)
+    finally:
+        recorder.terminate()
+        recorder.wait()
+    assert at_clear >= rate // 2, "the speaker stream never started"
+    assert after == at_clear, "audio was handed to the speakers after the barge-in"
     assert not piece.played and 0 < len(piece.heard_text) < len(piece.text)
+
+    heard = np.frombuffer(recording.read_bytes(), np.int16).astype(np.float32)
+    frames = heard[: len(heard) // 320 * 320].reshape(-1, 320)  # 10 ms
+    tone_s = np.count_nonzero(np.sqrt((frames**2).mean(axis=1)) > 1000) * 0.01
+    extra_s = tone_s - at_clear / rate
+    print(f"tone heard {tone_s:.2f} s, handed over before the barge-in {at_clear / rate:.2f} s")
+    assert tone_s > 0.3, "the recording of the speaker holds no tone"
+    assert extra_s < 0.1, f"the speakers went on for {extra_s * 1000:.0f} ms after the barge-in"
 
 
 def test_chat_user_mistakes_are_one_line(tmp_path):
