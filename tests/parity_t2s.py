@@ -14,12 +14,17 @@ import torch
 
 from tts.models.sampling import SamplingParams
 from tts.models.t2s_decode import StepRecord, generate, generate_batch
+from tts.models.t2s_onnx import OnnxStack
 from tts.weights.gpt import load_gpt
 
 
-@lru_cache(maxsize=4)
-def _model(path: Path):
-    return load_gpt(path).model
+@lru_cache(maxsize=8)
+def _model(path: Path, runtime: str = "torch"):
+    """The model of a fixture; runtime "onnx" runs its stack through the exact (fp32) ONNX graph."""
+    model = load_gpt(path).model
+    if runtime == "onnx":
+        model.onnx_stack = OnnxStack(model, "fp32", threads=1)
+    return model
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -45,8 +50,8 @@ def run_teacher_forced(manifest: dict, arrays: dict, folder: Path) -> dict:
     }
 
 
-def run_decode(manifest: dict, arrays: dict, folder: Path) -> dict:
-    model = _model(folder / manifest["checkpoint"])
+def run_decode(manifest: dict, arrays: dict, folder: Path, runtime: str = "torch") -> dict:
+    model = _model(folder / manifest["checkpoint"], runtime)
     params = manifest["params"]
     sampling = SamplingParams(
         top_k=params["top_k"],

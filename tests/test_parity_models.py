@@ -64,21 +64,42 @@ def assert_matches(name: str, got: np.ndarray, expected: np.ndarray, tolerance: 
     )
 
 
-@pytest.mark.parity
-@pytest.mark.parametrize("manifest_path", _manifests(), ids=_case_id)
-def test_parity_case(manifest_path: Path):
+def _load_case(manifest_path: Path) -> tuple[dict, dict]:
     manifest = json.loads(manifest_path.read_text())
-    kind = manifest["kind"]
-    assert kind in RUNNERS, f"{manifest_path.name}: no runner for kind {kind!r} (known: {sorted(RUNNERS)})"
-    npz_path = manifest_path.with_suffix(".npz")
-    with np.load(npz_path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    got = RUNNERS[kind](manifest, arrays, manifest_path.parent)
+    with np.load(manifest_path.with_suffix(".npz"), allow_pickle=False) as npz:
+        return manifest, {k: npz[k] for k in npz.files}
+
+
+def _compare_case(manifest_path: Path, manifest: dict, arrays: dict, got: dict) -> None:
     compared = 0
     for name, spec in manifest["arrays"].items():
         if spec["role"] not in COMPARED_ROLES:
             continue
-        assert name in got, f"{manifest_path.name}: runner for {kind!r} did not produce {name!r}"
+        assert name in got, f"{manifest_path.name}: runner for {manifest['kind']!r} did not produce {name!r}"
         assert_matches(name, got[name], arrays[name], spec["tolerance"])
         compared += 1
     assert compared > 0, f"{manifest_path.name}: nothing compared"
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("manifest_path", _manifests(), ids=_case_id)
+def test_parity_case(manifest_path: Path):
+    manifest, arrays = _load_case(manifest_path)
+    kind = manifest["kind"]
+    assert kind in RUNNERS, f"{manifest_path.name}: no runner for kind {kind!r} (known: {sorted(RUNNERS)})"
+    _compare_case(manifest_path, manifest, arrays, RUNNERS[kind](manifest, arrays, manifest_path.parent))
+
+
+def _decode_manifests() -> list[Path]:
+    return [p for p in _manifests() if json.loads(p.read_text())["kind"] == "t2s_decode"]
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("manifest_path", _decode_manifests(), ids=_case_id)
+def test_parity_t2s_decode_through_the_onnx_step(manifest_path: Path):
+    """The exact (fp32) ONNX Runtime decode step reproduces the official decoding like the torch step."""
+    import parity_t2s
+
+    manifest, arrays = _load_case(manifest_path)
+    got = parity_t2s.run_decode(manifest, arrays, manifest_path.parent, runtime="onnx")
+    _compare_case(manifest_path, manifest, arrays, got)

@@ -150,6 +150,32 @@ def load_speaker_encoder(sv_path: str | Path | None, device: str | torch.device 
     return lambda audio16: speaker_embedding(model, audio16.to(device))
 
 
+T2S_PRECISIONS = ("fp32", "int8", "fp16", "bf16")
+
+
+def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp32"):
+    """GPT weights in the chosen precision, with the fastest decode step for it.
+
+    fp32 is exact: on the CPU its one-token step runs through ONNX Runtime with the same fp32 numbers
+    (the parity tests run both). int8 (CPU): the step multiplies 8-bit block-quantized weights (a
+    quarter of the bytes a token reads; the prompt pass stays fp32). fp16 / bf16: torch weights in that
+    type, for GPUs and CPUs with native support.
+    """
+    from tts.models.t2s_onnx import OnnxStack
+    from tts.weights.gpt import load_gpt
+
+    dtypes = {"fp32": torch.float32, "int8": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise KoeError(f"unknown T2S precision {precision!r}; expected one of {', '.join(T2S_PRECISIONS)}")
+    on_cpu = torch.device(device).type == "cpu"
+    if precision == "int8" and not on_cpu:
+        raise KoeError("T2S precision int8 runs on the CPU; use fp16 on a GPU ([tts] precision)")
+    model = load_gpt(path, device=device, dtype=dtypes[precision]).model
+    if on_cpu and precision in ("fp32", "int8"):
+        model.onnx_stack = OnnxStack(model, precision)
+    return model
+
+
 def to_int16(audio: np.ndarray) -> np.ndarray:
     """`int16(x * 32768)` with NumPy's wrapping cast, as the official post-processing does."""
     return (audio * 32768).astype(np.int16)
@@ -193,8 +219,10 @@ class TTSPipeline:
         gpt_path: str = "",
         sovits_path: str = "",
         sv_path: str | Path | None = None,
+        precision: str = "fp32",
     ):
         self.t2s = t2s
+        self.precision = precision
         self.sovits = sovits
         self.frontend = frontend
         self.hubert = hubert
@@ -225,19 +253,15 @@ class TTSPipeline:
     ) -> TTSPipeline:
         """Load every model from explicit paths (nothing is downloaded here).
 
-        `precision` ("fp32", "fp16", "bf16") is the T2S weight precision; SoVITS, HuBERT and BERT stay
-        in fp32. fp32 is the exact mode the parity tests check.
+        `precision` is the T2S precision (see `load_t2s`); SoVITS, HuBERT and BERT stay in fp32.
+        fp32 is the exact mode the parity tests check.
         """
         from tts.hubert import HubertEncoder
         from tts.text.frontend import TextFrontend
-        from tts.weights.gpt import load_gpt
         from tts.weights.sovits import load_sovits
 
         started = time.perf_counter()
-        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-        if precision not in dtypes:
-            raise KoeError(f"unknown precision {precision!r} (fp32, fp16, bf16)")
-        t2s = load_gpt(gpt_path, device=device, dtype=dtypes[precision]).model
+        t2s = load_t2s(gpt_path, device, precision)
         sovits = load_sovits(sovits_path, device=device)
         if sovits.config.version in ("v3", "v4"):
             raise KoeError(
@@ -250,16 +274,15 @@ class TTSPipeline:
         log.info("voice loaded in %.2f s (SoVITS %s)", time.perf_counter() - started, sovits.config.version)
         return cls(
             t2s, sovits, frontend, hubert, speaker_encoder, device, cache_dir,
-            gpt_path=str(gpt_path), sovits_path=str(sovits_path), sv_path=sv_path,
+            gpt_path=str(gpt_path), sovits_path=str(sovits_path), sv_path=sv_path, precision=precision,
         )  # fmt: skip
 
     # ------------------------------------------------------------------- switching weights
     def set_gpt_weights(self, path: str | Path) -> None:
         """Load another GPT file; on failure the loaded one stays (KoeError with the reason)."""
-        from tts.weights.gpt import load_gpt
-
+        t2s = load_t2s(path, self.device, self.precision)
         with self.lock:
-            self.t2s = load_gpt(path, device=self.device, dtype=self.t2s.bert_proj.weight.dtype).model
+            self.t2s = t2s
             self.gpt_path = str(path)
             self._mute_similarity = None
             self._prompt_cache.clear()

@@ -8,7 +8,8 @@ prefix of the files), so a checkpoint loads with a plain strict `load_state_dict
 
 Three entry points share the same layers: `forward_train` (teacher forcing, the training loss),
 `prefill` (prompt pass that fills a preallocated `KVCache`) and `decode_step` (one new token against
-the cache). Decoding loops and sampling live in `t2s_decode.py` and `sampling.py`.
+the cache); `t2s_onnx.py` runs the last two through ONNX Runtime on the CPU. Decoding loops and
+sampling live in `t2s_decode.py` and `sampling.py`.
 """
 
 from __future__ import annotations
@@ -286,6 +287,9 @@ class T2SModel(nn.Module):
         self.ar_audio_position = ScaledPositions(dim)
         self.h = TransformerStack(config)
         self.ar_predict_layer = nn.Linear(dim, config.vocab_size, bias=False)
+        # The stack + output layer as an ONNX Runtime graph (`t2s_onnx.OnnxStack`), built per weights;
+        # `prefill` and `decode_step` run through it where it applies.
+        self.onnx_stack = None
 
     # --- embeddings -------------------------------------------------------------------------------
 
@@ -350,6 +354,8 @@ class T2SModel(nn.Module):
 
         allowed: bool mask broadcastable to [B, heads, T, T]. Returns the logits of the last position [B, vocab].
         """
+        if self._use_onnx(xy, cache):
+            return self.onnx_stack(xy, cache, allowed)
         hidden = self.h(xy, allowed, cache)
         return self.ar_predict_layer(hidden[:, -1])
 
@@ -360,8 +366,14 @@ class T2SModel(nn.Module):
 
         allowed: optional [B, 1, 1, cache.length + 1] mask (batched decoding with left-padded text).
         """
+        if self._use_onnx(x, cache):
+            return self.onnx_stack(x, cache, allowed)
         hidden = self.h(x, allowed, cache)
         return self.ar_predict_layer(hidden[:, -1])
+
+
+    def _use_onnx(self, x: torch.Tensor, cache: KVCache) -> bool:
+        return self.onnx_stack is not None and not self.training and self.onnx_stack.supports(x, cache)
 
 
 def top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int, ignore_index: int) -> torch.Tensor:

@@ -1,0 +1,227 @@
+"""The T2S transformer stack and output layer as one ONNX Runtime graph: the fast path of `T2SModel`.
+
+A decode step reads every weight of the model once for one token, so it is bound by memory bandwidth,
+and torch's own M=1 paths stay far from it (measured: fp32 about 3x off the DRAM floor, int8 dynamic
+quantization no better). ONNX Runtime's MLAS kernels stream at close to the floor: `MatMul` in fp32
+(numerically the same model, within ~1e-6), and `MatMulNBits` with 8-bit block-quantized weights
+(a quarter of the bytes; int8 dot products on AVX2/AVX-512/AMX). One graph holds the whole stack (24
+layers, ~10 nodes each), so a token costs one `run` instead of thousands of torch ops.
+
+The KV cache stays koe's `KVCache` (torch tensors [layers, batch, heads, capacity, head_dim]):
+`GroupQueryAttention` reads and appends to each layer's buffer in place (past and present bound to the
+same memory), so nothing is copied per step. The attention mask travels as an additive bias, so the
+prompt pass (text sees all text) and padded batches run through the same graph.
+
+Build it once per loaded GPT weights: `model.onnx_stack = OnnxStack(model, "int8")`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from agent.errors import KoeError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FORMATS = ("fp32", "int8")
+QUANT_BLOCK = 32  # weights per int8 scale (along the input dimension)
+ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
+
+
+def quantize_blocks(weight: np.ndarray, block: int = QUANT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit quantization per block of `block` inputs: weight [N, K] -> (uint8 [N, K/block, block]
+    stored with the implicit zero point 128, float32 scales [N * K/block])."""
+    rows, cols = weight.shape
+    if cols % block:
+        raise KoeError(f"cannot quantize a [{rows}, {cols}] weight in blocks of {block}")
+    blocks = weight.reshape(rows, cols // block, block)
+    scale = np.abs(blocks).max(axis=-1) / 127.0
+    scale[scale == 0] = 1.0
+    codes = np.clip(np.round(blocks / scale[..., None]), -127, 127) + 128
+    return codes.astype(np.uint8), scale.astype(np.float32).reshape(-1)
+
+
+def dequantize_blocks(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The weight [N, K] that `quantize_blocks` codes stand for (what the int8 graph multiplies with)."""
+    rows, nblocks, block = codes.shape
+    values = (codes.astype(np.float32) - 128) * scale.reshape(rows, nblocks, 1)
+    return values.reshape(rows, nblocks * block)
+
+
+class _GraphBuilder:
+    """Collects nodes and initializers of the step graph; each helper returns its output's name."""
+
+    def __init__(self, weights: str):
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.weights = weights
+        self.nodes: list = []
+        self.initializers: list = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
+        self.nodes.append(self.helper.make_node(op, inputs, [output], domain=domain, **attrs))
+        return output
+
+    def linear(self, x: str, weight: torch.Tensor, bias: torch.Tensor | None, name: str) -> str:
+        """y = x W^T + b, with W in the builder's weight format."""
+        w = weight.detach().float().cpu().numpy()
+        rows, cols = w.shape
+        if self.weights == "fp32":
+            y = self.node("MatMul", [x, self.const(f"{name}.wT", w.T)], f"{name}.mm")
+        else:
+            codes, scale = quantize_blocks(w)
+            y = self.node(
+                "MatMulNBits", [x, self.const(f"{name}.q", codes), self.const(f"{name}.scale", scale)],
+                f"{name}.mm", domain="com.microsoft", K=cols, N=rows, bits=8, block_size=QUANT_BLOCK,
+                accuracy_level=ACCURACY_INT8,
+            )  # fmt: skip
+        if bias is None:
+            return y
+        return self.node(
+            "Add", [y, self.const(f"{name}.b", bias.detach().float().cpu().numpy())], f"{name}.y"
+        )
+
+    def layer_norm(self, x: str, norm: torch.nn.LayerNorm, name: str) -> str:
+        gamma = self.const(f"{name}.weight", norm.weight.detach().float().cpu().numpy())
+        beta = self.const(f"{name}.bias", norm.bias.detach().float().cpu().numpy())
+        return self.node("LayerNormalization", [x, gamma, beta], name, axis=-1, epsilon=norm.eps)
+
+
+def build_stack_graph(model, weights: str) -> bytes:
+    """The serialized ONNX model of `model`'s stack (a `T2SModel`) over S new positions.
+
+    Inputs: x [B, S, dim] (embedded positions), seqlens_k [B] int32 (positions cached after this call,
+    minus one), total_len [] int32, attention_bias [B or 1, 1, S, total] (0 = may attend, -inf = not),
+    past_key_i / past_value_i [B, heads, capacity, head_dim] per layer.
+    Outputs: logits [B, 1, vocab] of the last position, present_key_i / present_value_i (the same
+    buffers, S rows longer).
+    """
+    from onnx import TensorProto, helper
+
+    config = model.config
+    dim, heads, head_dim = config.dim, config.num_heads, config.head_dim
+    g = _GraphBuilder(weights)
+    split = g.const("qkv_split", np.array([dim, dim, dim], dtype=np.int64))
+    cache_shape = ["batch", heads, "capacity", head_dim]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length", dim]),
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+        helper.make_tensor_value_info("total_len", TensorProto.INT32, []),
+        helper.make_tensor_value_info(
+            "attention_bias", TensorProto.FLOAT, ["bias_batch", 1, "length", "total"]
+        ),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, config.vocab_size])]
+    x = "x"
+    for i, layer in enumerate(model.h.layers):
+        attn, name = layer.self_attn, f"layer{i}"
+        qkv = g.linear(x, attn.in_proj_weight, attn.in_proj_bias, f"{name}.qkv")
+        g.nodes.append(
+            helper.make_node("Split", [qkv, split], [f"{name}.q", f"{name}.k", f"{name}.v"], axis=-1)
+        )
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, cache_shape))
+            outputs.append(
+                helper.make_tensor_value_info(f"present_{kind}_{i}", TensorProto.FLOAT, cache_shape)
+            )
+        g.nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [f"{name}.q", f"{name}.k", f"{name}.v", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_len",
+                 "", "", "", "attention_bias"],
+                [f"{name}.attn", f"present_key_{i}", f"present_value_{i}"],
+                domain="com.microsoft", num_heads=heads, kv_num_heads=heads, causal=0,
+            )
+        )  # fmt: skip
+        attended = g.linear(f"{name}.attn", attn.out_proj.weight, attn.out_proj.bias, f"{name}.out")
+        x = g.layer_norm(g.node("Add", [x, attended], f"{name}.res1"), layer.norm1, f"{name}.norm1")
+        hidden = g.node(
+            "Relu", [g.linear(x, layer.linear1.weight, layer.linear1.bias, f"{name}.ffn1")], f"{name}.relu"
+        )
+        ffn = g.linear(hidden, layer.linear2.weight, layer.linear2.bias, f"{name}.ffn2")
+        x = g.layer_norm(g.node("Add", [x, ffn], f"{name}.res2"), layer.norm2, f"{name}.norm2")
+    last = g.node(
+        "Slice", [x, g.const("last.start", np.array([-1])), g.const("last.end", np.array([2**62])),
+                  g.const("last.axis", np.array([1]))], "last",
+    )  # fmt: skip
+    logits = g.linear(last, model.ar_predict_layer.weight, None, "predict")
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+    graph = helper.make_graph(g.nodes, "t2s_stack", inputs, outputs, g.initializers)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+class OnnxStack:
+    """`T2SModel`'s stack + output layer on the CPU through ONNX Runtime, for `prefill` and `decode_step`."""
+
+    def __init__(self, model, weights: str = "int8", threads: int | None = None):
+        if weights not in WEIGHT_FORMATS:
+            raise KoeError(f"unknown T2S ONNX weight format {weights!r}; expected one of {WEIGHT_FORMATS}")
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise KoeError(
+                f"the fast T2S path needs onnx and onnxruntime ({exc}): pip install onnx onnxruntime"
+            ) from None
+        started = time.perf_counter()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # warnings about unused initializers are noise here
+        self.session = ort.InferenceSession(
+            build_stack_graph(model, weights), options, providers=["CPUExecutionProvider"]
+        )
+        self.weights = weights
+        self.num_layers = model.config.num_layers
+        self.vocab_size = model.config.vocab_size
+        log.info("T2S %s ONNX Runtime graph ready in %.1f s", weights, time.perf_counter() - started)
+
+    def supports(self, x: torch.Tensor, cache) -> bool:
+        """Whether this graph can run: CPU fp32 tensors and room left in the cache."""
+        return (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and cache.keys.dtype == torch.float32
+            and cache.keys.is_contiguous()
+            and cache.values.is_contiguous()
+            and cache.length + x.shape[1] <= cache.capacity
+        )
+
+    def __call__(self, x: torch.Tensor, cache, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, S, dim] at positions cache.length .. +S-1 -> logits of the last position [B, vocab].
+
+        allowed: bool, True = may attend, broadcastable to [B, 1, S, cache.length + S]; None = all.
+        Appends the new keys and values to `cache`.
+        """
+        batch, new = x.shape[0], x.shape[1]
+        total = cache.length + new
+        if allowed is None:
+            bias = torch.zeros(1, 1, new, total)
+        else:
+            allowed = allowed.reshape((-1, 1, *allowed.shape[-2:])).expand(-1, 1, new, total)
+            bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("x", x.contiguous().numpy())
+        binding.bind_cpu_input("seqlens_k", np.full(batch, total - 1, dtype=np.int32))
+        binding.bind_cpu_input("total_len", np.array(total, dtype=np.int32))
+        binding.bind_cpu_input("attention_bias", bias.numpy())
+        for i in range(self.num_layers):
+            for kind, buffer in (("key", cache.keys[i]), ("value", cache.values[i])):
+                shape, pointer = list(buffer.shape), buffer.data_ptr()
+                binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
+                binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
+        logits = torch.empty(batch, 1, self.vocab_size)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.data_ptr())
+        self.session.run_with_iobinding(binding)
+        cache.length = total
+        return logits[:, 0]
