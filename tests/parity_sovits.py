@@ -13,13 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tts.models.generator_onnx import OnnxGenerator
 from tts.spectrogram import linear_spectrogram, mel_spectrogram, spec_to_log_mel
 from tts.weights.sovits import load_sovits
 
 
-@lru_cache(maxsize=4)
-def _model(path: str):
-    return load_sovits(path)
+@lru_cache(maxsize=8)
+def _model(path: str, runtime: str = "torch"):
+    """The model of a fixture; runtime "onnx" runs its generator through the ONNX Runtime graph."""
+    model = load_sovits(path)
+    if runtime == "onnx":
+        model.dec.onnx = OnnxGenerator(model.dec, threads=1)
+    return model
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -30,8 +35,8 @@ def _suffixes(manifest: dict, prefix: str) -> list[str]:
     return [name[len(prefix) :] for name in manifest["arrays"] if name.startswith(prefix)]
 
 
-def run_sovits_decode(manifest: dict, arrays: dict, folder: Path) -> dict:
-    model = _model(str(Path(folder) / manifest["checkpoint"]))
+def run_sovits_decode(manifest: dict, arrays: dict, folder: Path, runtime: str = "torch") -> dict:
+    model = _model(str(Path(folder) / manifest["checkpoint"]), runtime)
     config = model.config
     out = {}
     for r in _suffixes(manifest, "refer_spec_"):

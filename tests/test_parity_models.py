@@ -90,16 +90,23 @@ def test_parity_case(manifest_path: Path):
     _compare_case(manifest_path, manifest, arrays, RUNNERS[kind](manifest, arrays, manifest_path.parent))
 
 
-def _decode_manifests() -> list[Path]:
-    return [p for p in _manifests() if json.loads(p.read_text())["kind"] == "t2s_decode"]
+def _onnx_runner(kind: str):
+    """The runner that puts the model's ONNX Runtime graph in place of its torch path, for `kind`."""
+    import parity_sovits
+    import parity_t2s
+
+    return {"t2s_decode": parity_t2s.run_decode, "sovits_decode": parity_sovits.run_sovits_decode}.get(kind)
+
+
+def _onnx_manifests() -> list[Path]:
+    return [p for p in _manifests() if _onnx_runner(json.loads(p.read_text())["kind"])]
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("manifest_path", _decode_manifests(), ids=_case_id)
-def test_parity_t2s_decode_through_the_onnx_step(manifest_path: Path):
-    """The exact (fp32) ONNX Runtime decode step reproduces the official decoding like the torch step."""
-    import parity_t2s
-
+@pytest.mark.parametrize("manifest_path", _onnx_manifests(), ids=_case_id)
+def test_parity_through_the_onnx_graphs(manifest_path: Path):
+    """The exact (fp32) ONNX Runtime graphs (T2S stack, SoVITS generator) reproduce the official
+    outputs at the same tolerances as the torch modules they replace."""
     manifest, arrays = _load_case(manifest_path)
-    got = parity_t2s.run_decode(manifest, arrays, manifest_path.parent, runtime="onnx")
+    got = _onnx_runner(manifest["kind"])(manifest, arrays, manifest_path.parent, runtime="onnx")
     _compare_case(manifest_path, manifest, arrays, got)

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from tts.models.onnx_graph import dequantize_blocks, quantize_blocks
 from tts.models.t2s import T2SConfig, T2SModel, prefill_mask
-from tts.models.t2s_onnx import OnnxStack, dequantize_blocks, quantize_blocks
+from tts.models.t2s_onnx import OnnxStack
 
 CONFIG = T2SConfig(dim=128, num_heads=4, num_layers=3, phoneme_vocab_size=64, vocab_size=129, eos=128)
 TEXT, PROMPT = 12, 20

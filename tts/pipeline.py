@@ -176,6 +176,21 @@ def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp3
     return model
 
 
+def load_synthesizer(path: str | Path, device: str | torch.device):
+    """SoVITS weights for synthesis; on the CPU the generator runs through ONNX Runtime (same fp32 numbers)."""
+    from tts.models.generator_onnx import OnnxGenerator
+    from tts.weights.sovits import load_sovits
+
+    sovits = load_sovits(path, device=device)
+    if sovits.config.version in ("v3", "v4"):
+        raise KoeError(
+            f"{path}: SoVITS {sovits.config.version} synthesis is not supported yet (v1, v2, v2Pro, v2ProPlus are)"
+        )
+    if torch.device(device).type == "cpu":
+        sovits.dec.onnx = OnnxGenerator(sovits.dec)
+    return sovits
+
+
 def to_int16(audio: np.ndarray) -> np.ndarray:
     """`int16(x * 32768)` with NumPy's wrapping cast, as the official post-processing does."""
     return (audio * 32768).astype(np.int16)
@@ -258,15 +273,10 @@ class TTSPipeline:
         """
         from tts.hubert import HubertEncoder
         from tts.text.frontend import TextFrontend
-        from tts.weights.sovits import load_sovits
 
         started = time.perf_counter()
         t2s = load_t2s(gpt_path, device, precision)
-        sovits = load_sovits(sovits_path, device=device)
-        if sovits.config.version in ("v3", "v4"):
-            raise KoeError(
-                f"{sovits_path}: SoVITS {sovits.config.version} synthesis is not supported yet (v1, v2, v2Pro, v2ProPlus are)"
-            )
+        sovits = load_synthesizer(sovits_path, device)
         if sovits.config.is_pro and speaker_encoder is None:
             speaker_encoder = load_speaker_encoder(sv_path, device)
         hubert = HubertEncoder(hubert_dir, device=device)
@@ -290,11 +300,7 @@ class TTSPipeline:
     def set_sovits_weights(self, path: str | Path) -> None:
         """Load another SoVITS file (any supported version); cached reference features are dropped,
         unlike the official server, which keeps prompt tokens of the previous model."""
-        from tts.weights.sovits import load_sovits
-
-        sovits = load_sovits(path, device=self.device)
-        if sovits.config.version in ("v3", "v4"):
-            raise KoeError(f"{path}: SoVITS {sovits.config.version} synthesis is not supported yet")
+        sovits = load_synthesizer(path, self.device)
         speaker_encoder = self.speaker_encoder
         if sovits.config.is_pro and speaker_encoder is None:
             speaker_encoder = load_speaker_encoder(self.sv_path, self.device)

@@ -98,9 +98,12 @@ class Generator(nn.Module):
         self.conv_post = nn.Conv1d(channels, 1, 7, padding=3, bias=post_bias)
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
+        self.onnx = None  # the same network as an ONNX Runtime graph (generator_onnx.py), used when set
 
     def forward_pre_tanh(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """Waveform before the final tanh (the conv_post output)."""
+        if self.onnx is not None and not self.training and self.onnx.supports(x):
+            return self.onnx(x, g)
         x = self.conv_pre(x)  # [B, C0, T]
         if g is not None:
             x = x + self.cond(g)

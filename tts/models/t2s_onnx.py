@@ -2,9 +2,8 @@
 
 A decode step reads every weight of the model once for one token, so it is bound by memory bandwidth,
 and torch's own M=1 paths stay far from it (measured: fp32 about 3x off the DRAM floor, int8 dynamic
-quantization no better). ONNX Runtime's MLAS kernels stream at close to the floor: `MatMul` in fp32
-(numerically the same model, within ~1e-6), and `MatMulNBits` with 8-bit block-quantized weights
-(a quarter of the bytes; int8 dot products on AVX2/AVX-512/AMX). One graph holds the whole stack (24
+quantization no better); MLAS streams at close to the floor, in fp32 (the same numbers within ~1e-6)
+or with int8 block-quantized weights (a quarter of the bytes). One graph holds the whole stack (24
 layers, ~10 nodes each), so a token costs one `run` instead of thousands of torch ops.
 
 The KV cache stays koe's `KVCache` (torch tensors [layers, batch, heads, capacity, head_dim]):
@@ -24,76 +23,11 @@ import numpy as np
 import torch
 
 from agent.errors import KoeError
+from tts.models.onnx_graph import GraphBuilder, cpu_session
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FORMATS = ("fp32", "int8")
-QUANT_BLOCK = 32  # weights per int8 scale (along the input dimension)
-ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
-
-
-def quantize_blocks(weight: np.ndarray, block: int = QUANT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric 8-bit quantization per block of `block` inputs: weight [N, K] -> (uint8 [N, K/block, block]
-    stored with the implicit zero point 128, float32 scales [N * K/block])."""
-    rows, cols = weight.shape
-    if cols % block:
-        raise KoeError(f"cannot quantize a [{rows}, {cols}] weight in blocks of {block}")
-    blocks = weight.reshape(rows, cols // block, block)
-    scale = np.abs(blocks).max(axis=-1) / 127.0
-    scale[scale == 0] = 1.0
-    codes = np.clip(np.round(blocks / scale[..., None]), -127, 127) + 128
-    return codes.astype(np.uint8), scale.astype(np.float32).reshape(-1)
-
-
-def dequantize_blocks(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """The weight [N, K] that `quantize_blocks` codes stand for (what the int8 graph multiplies with)."""
-    rows, nblocks, block = codes.shape
-    values = (codes.astype(np.float32) - 128) * scale.reshape(rows, nblocks, 1)
-    return values.reshape(rows, nblocks * block)
-
-
-class _GraphBuilder:
-    """Collects nodes and initializers of the step graph; each helper returns its output's name."""
-
-    def __init__(self, weights: str):
-        from onnx import helper, numpy_helper
-
-        self.helper, self.numpy_helper = helper, numpy_helper
-        self.weights = weights
-        self.nodes: list = []
-        self.initializers: list = []
-
-    def const(self, name: str, value: np.ndarray) -> str:
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
-        self.nodes.append(self.helper.make_node(op, inputs, [output], domain=domain, **attrs))
-        return output
-
-    def linear(self, x: str, weight: torch.Tensor, bias: torch.Tensor | None, name: str) -> str:
-        """y = x W^T + b, with W in the builder's weight format."""
-        w = weight.detach().float().cpu().numpy()
-        rows, cols = w.shape
-        if self.weights == "fp32":
-            y = self.node("MatMul", [x, self.const(f"{name}.wT", w.T)], f"{name}.mm")
-        else:
-            codes, scale = quantize_blocks(w)
-            y = self.node(
-                "MatMulNBits", [x, self.const(f"{name}.q", codes), self.const(f"{name}.scale", scale)],
-                f"{name}.mm", domain="com.microsoft", K=cols, N=rows, bits=8, block_size=QUANT_BLOCK,
-                accuracy_level=ACCURACY_INT8,
-            )  # fmt: skip
-        if bias is None:
-            return y
-        return self.node(
-            "Add", [y, self.const(f"{name}.b", bias.detach().float().cpu().numpy())], f"{name}.y"
-        )
-
-    def layer_norm(self, x: str, norm: torch.nn.LayerNorm, name: str) -> str:
-        gamma = self.const(f"{name}.weight", norm.weight.detach().float().cpu().numpy())
-        beta = self.const(f"{name}.bias", norm.bias.detach().float().cpu().numpy())
-        return self.node("LayerNormalization", [x, gamma, beta], name, axis=-1, epsilon=norm.eps)
 
 
 def build_stack_graph(model, weights: str) -> bytes:
@@ -109,7 +43,7 @@ def build_stack_graph(model, weights: str) -> bytes:
 
     config = model.config
     dim, heads, head_dim = config.dim, config.num_heads, config.head_dim
-    g = _GraphBuilder(weights)
+    g = GraphBuilder(weights)
     split = g.const("qkv_split", np.array([dim, dim, dim], dtype=np.int64))
     cache_shape = ["batch", heads, "capacity", head_dim]
     inputs = [
@@ -155,9 +89,7 @@ def build_stack_graph(model, weights: str) -> bytes:
     )  # fmt: skip
     logits = g.linear(last, model.ar_predict_layer.weight, None, "predict")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
-    graph = helper.make_graph(g.nodes, "t2s_stack", inputs, outputs, g.initializers)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    return g.serialize("t2s_stack", inputs, outputs)
 
 
 class OnnxStack:
@@ -166,21 +98,8 @@ class OnnxStack:
     def __init__(self, model, weights: str = "int8", threads: int | None = None):
         if weights not in WEIGHT_FORMATS:
             raise KoeError(f"unknown T2S ONNX weight format {weights!r}; expected one of {WEIGHT_FORMATS}")
-        try:
-            import onnx  # noqa: F401
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise KoeError(
-                f"the fast T2S path needs onnx and onnxruntime ({exc}): pip install onnx onnxruntime"
-            ) from None
         started = time.perf_counter()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # warnings about unused initializers are noise here
-        self.session = ort.InferenceSession(
-            build_stack_graph(model, weights), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(build_stack_graph(model, weights), threads)
         self.weights = weights
         self.num_layers = model.config.num_layers
         self.vocab_size = model.config.vocab_size

@@ -1,0 +1,137 @@
+"""Building ONNX graphs from koe's torch modules, and running them on the CPU with ONNX Runtime.
+
+On the CPU, ONNX Runtime's MLAS kernels beat torch's for what koe runs most: one-token matrix-vector
+products (the T2S decode step, bandwidth-bound) and the narrow 1-D convolutions of the SoVITS
+generator (compute-bound). The graphs are built in memory from the loaded weights (no export step,
+no files): `GraphBuilder` collects nodes and weights, `cpu_session` compiles them.
+
+Weights go in as fp32 (the same model, within float rounding) or, for matrix products, as 8-bit
+block-quantized codes (`MatMulNBits`: a quarter of the bytes, int8 dot products).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agent.errors import KoeError
+
+QUANT_BLOCK = 32  # weights per int8 scale (along the input dimension)
+ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
+OPSET = 17
+
+
+def quantize_blocks(weight: np.ndarray, block: int = QUANT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit quantization per block of `block` inputs: weight [N, K] -> (uint8 [N, K/block, block]
+    stored with the implicit zero point 128, float32 scales [N * K/block])."""
+    rows, cols = weight.shape
+    if cols % block:
+        raise KoeError(f"cannot quantize a [{rows}, {cols}] weight in blocks of {block}")
+    blocks = weight.reshape(rows, cols // block, block)
+    scale = np.abs(blocks).max(axis=-1) / 127.0
+    scale[scale == 0] = 1.0
+    codes = np.clip(np.round(blocks / scale[..., None]), -127, 127) + 128
+    return codes.astype(np.uint8), scale.astype(np.float32).reshape(-1)
+
+
+def dequantize_blocks(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The weight [N, K] that `quantize_blocks` codes stand for (what the int8 graph multiplies with)."""
+    rows, nblocks, block = codes.shape
+    values = (codes.astype(np.float32) - 128) * scale.reshape(rows, nblocks, 1)
+    return values.reshape(rows, nblocks * block)
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+class GraphBuilder:
+    """Collects the nodes and initializers of one graph; each helper returns its output's name.
+
+    `weights` ("fp32" or "int8") is the format of the matrices given to `linear`.
+    """
+
+    def __init__(self, weights: str = "fp32"):
+        try:
+            from onnx import helper, numpy_helper
+        except ImportError:
+            raise KoeError("the ONNX Runtime paths need the onnx package: pip install onnx") from None
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.weights = weights
+        self.nodes: list = []
+        self.initializers: list = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
+        self.nodes.append(self.helper.make_node(op, inputs, [output], domain=domain, **attrs))
+        return output
+
+    def linear(self, x: str, weight: torch.Tensor, bias: torch.Tensor | None, name: str) -> str:
+        """y = x W^T + b over the last axis, with W in the builder's weight format."""
+        w = _array(weight)
+        rows, cols = w.shape
+        if self.weights == "fp32":
+            y = self.node("MatMul", [x, self.const(f"{name}.wT", w.T)], f"{name}.mm")
+        else:
+            codes, scale = quantize_blocks(w)
+            y = self.node(
+                "MatMulNBits", [x, self.const(f"{name}.q", codes), self.const(f"{name}.scale", scale)],
+                f"{name}.mm", domain="com.microsoft", K=cols, N=rows, bits=8, block_size=QUANT_BLOCK,
+                accuracy_level=ACCURACY_INT8,
+            )  # fmt: skip
+        if bias is None:
+            return y
+        return self.node("Add", [y, self.const(f"{name}.b", _array(bias))], f"{name}.y")
+
+    def layer_norm(self, x: str, norm: torch.nn.LayerNorm, name: str) -> str:
+        gamma, beta = (
+            self.const(f"{name}.weight", _array(norm.weight)),
+            self.const(f"{name}.bias", _array(norm.bias)),
+        )
+        return self.node("LayerNormalization", [x, gamma, beta], name, axis=-1, epsilon=norm.eps)
+
+    def conv1d(self, x: str, conv: torch.nn.Conv1d, name: str) -> str:
+        """A torch Conv1d (plain weights: fold weight norm first) on [B, C, T]."""
+        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise KoeError(f"{name}: only zero-padded convolutions with explicit padding are supported")
+        inputs = [x, self.const(f"{name}.weight", _array(conv.weight))]
+        if conv.bias is not None:
+            inputs.append(self.const(f"{name}.bias", _array(conv.bias)))
+        return self.node(
+            "Conv", inputs, name, kernel_shape=list(conv.kernel_size), strides=list(conv.stride),
+            dilations=list(conv.dilation), pads=[conv.padding[0]] * 2, group=conv.groups,
+        )  # fmt: skip
+
+    def conv_transpose1d(self, x: str, conv: torch.nn.ConvTranspose1d, name: str) -> str:
+        inputs = [x, self.const(f"{name}.weight", _array(conv.weight))]
+        if conv.bias is not None:
+            inputs.append(self.const(f"{name}.bias", _array(conv.bias)))
+        return self.node(
+            "ConvTranspose", inputs, name, kernel_shape=list(conv.kernel_size), strides=list(conv.stride),
+            dilations=list(conv.dilation), pads=[conv.padding[0]] * 2, group=conv.groups,
+            output_padding=list(conv.output_padding),
+        )  # fmt: skip
+
+    def leaky_relu(self, x: str, slope: float, name: str) -> str:
+        return self.node("LeakyRelu", [x], name, alpha=slope)
+
+    def serialize(self, graph_name: str, inputs: list, outputs: list) -> bytes:
+        graph = self.helper.make_graph(self.nodes, graph_name, inputs, outputs, self.initializers)
+        opsets = [self.helper.make_opsetid("", OPSET), self.helper.make_opsetid("com.microsoft", 1)]
+        return self.helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def cpu_session(model: bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session for a serialized graph, with koe's thread count (torch's by default)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise KoeError("the ONNX Runtime paths need onnxruntime: pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # warnings about unused initializers are noise here
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
