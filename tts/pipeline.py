@@ -172,7 +172,7 @@ def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp3
         raise KoeError("T2S precision int8 runs on the CPU; use fp16 on a GPU ([tts] precision)")
     model = load_gpt(path, device=device, dtype=dtypes[precision]).model
     if on_cpu and precision in ("fp32", "int8"):
-        model.onnx_stack = OnnxStack(model, precision)
+        model.onnx_stack = OnnxStack(model, precision, release_torch_weights=True)
     return model
 
 
@@ -187,7 +187,7 @@ def load_synthesizer(path: str | Path, device: str | torch.device):
             f"{path}: SoVITS {sovits.config.version} synthesis is not supported yet (v1, v2, v2Pro, v2ProPlus are)"
         )
     if torch.device(device).type == "cpu":
-        sovits.dec.onnx = OnnxGenerator(sovits.dec)
+        sovits.dec.onnx = OnnxGenerator(sovits.dec, release_torch_weights=True)
     return sovits
 
 

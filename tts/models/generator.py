@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agent.errors import KoeError
 from tts.models.sovits_modules import with_weight_norm
 
 LRELU_SLOPE = 0.1
@@ -102,8 +103,11 @@ class Generator(nn.Module):
 
     def forward_pre_tanh(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """Waveform before the final tanh (the conv_post output)."""
-        if self.onnx is not None and not self.training and self.onnx.supports(x):
-            return self.onnx(x, g)
+        if self.onnx is not None and not self.training:
+            if self.onnx.supports(x):
+                return self.onnx(x, g)
+            if self.onnx.released_torch_weights:
+                raise KoeError("this generator runs only through its ONNX Runtime graph (CPU, fp32 input)")
         x = self.conv_pre(x)  # [B, C0, T]
         if g is not None:
             x = x + self.cond(g)

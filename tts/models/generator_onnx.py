@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tts.models.generator import LRELU_SLOPE, Generator, ResBlock1
-from tts.models.onnx_graph import GraphBuilder, cpu_session
+from tts.models.onnx_graph import GraphBuilder, cpu_session, release_parameters
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,14 @@ def _resblock(g: GraphBuilder, x: str, block, name: str) -> str:
 class OnnxGenerator:
     """`Generator.forward_pre_tanh` on the CPU through ONNX Runtime."""
 
-    def __init__(self, generator: Generator, threads: int | None = None):
+    def __init__(self, generator: Generator, threads: int | None = None, release_torch_weights: bool = False):
+        """`release_torch_weights` drops the torch copies (inference-only models)."""
         started = time.perf_counter()
         self.session = cpu_session(build_generator_graph(generator), threads)
         self.conditioned = hasattr(generator, "cond")
+        self.released_torch_weights = release_torch_weights
+        if release_torch_weights:
+            release_parameters(generator)
         log.info("SoVITS generator ONNX Runtime graph ready in %.1f s", time.perf_counter() - started)
 
     def supports(self, x: torch.Tensor) -> bool:

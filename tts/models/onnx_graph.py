@@ -11,6 +11,9 @@ block-quantized codes (`MatMulNBits`: a quarter of the bytes, int8 dot products)
 
 from __future__ import annotations
 
+import ctypes
+import gc
+
 import numpy as np
 import torch
 
@@ -124,6 +127,23 @@ class GraphBuilder:
         return self.helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
+def release_parameters(module: torch.nn.Module) -> None:
+    """Drop the torch copies of weights that now live in an ONNX Runtime session (resident memory),
+    and hand the freed pages back to the system."""
+    for parameter in module.parameters():
+        parameter.data = torch.empty(0, dtype=parameter.dtype)
+    gc.collect()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """glibc keeps freed blocks (the serialized graph, build-time copies) unless asked to return them."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def cpu_session(model: bytes, threads: int | None = None):
     """An ONNX Runtime CPU session for a serialized graph, with koe's thread count (torch's by default)."""
     try:
@@ -134,4 +154,6 @@ def cpu_session(model: bytes, threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers are noise here
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    _trim_heap()
+    return session

@@ -371,9 +371,15 @@ class T2SModel(nn.Module):
         hidden = self.h(x, allowed, cache)
         return self.ar_predict_layer(hidden[:, -1])
 
-
     def _use_onnx(self, x: torch.Tensor, cache: KVCache) -> bool:
-        return self.onnx_stack is not None and not self.training and self.onnx_stack.supports(x, cache)
+        stack = self.onnx_stack
+        if stack is None or self.training:
+            return False
+        if stack.supports(x, cache):
+            return True
+        if stack.released_torch_weights:
+            raise KoeError("this T2S model runs only through its ONNX Runtime graph (CPU, fp32 inputs)")
+        return False
 
 
 def top_k_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int, ignore_index: int) -> torch.Tensor:

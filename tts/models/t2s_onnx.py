@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from agent.errors import KoeError
-from tts.models.onnx_graph import GraphBuilder, cpu_session
+from tts.models.onnx_graph import GraphBuilder, cpu_session, release_parameters
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,11 @@ def build_stack_graph(model, weights: str) -> bytes:
 class OnnxStack:
     """`T2SModel`'s stack + output layer on the CPU through ONNX Runtime, for `prefill` and `decode_step`."""
 
-    def __init__(self, model, weights: str = "int8", threads: int | None = None):
+    def __init__(
+        self, model, weights: str = "int8", threads: int | None = None, release_torch_weights: bool = False
+    ):
+        """`release_torch_weights` drops the torch copies of the stack's weights (inference-only models:
+        the torch stack cannot run afterwards)."""
         if weights not in WEIGHT_FORMATS:
             raise KoeError(f"unknown T2S ONNX weight format {weights!r}; expected one of {WEIGHT_FORMATS}")
         started = time.perf_counter()
@@ -103,6 +107,9 @@ class OnnxStack:
         self.weights = weights
         self.num_layers = model.config.num_layers
         self.vocab_size = model.config.vocab_size
+        self.released_torch_weights = release_torch_weights
+        if release_torch_weights:
+            release_parameters(model.h)
         log.info("T2S %s ONNX Runtime graph ready in %.1f s", weights, time.perf_counter() - started)
 
     def supports(self, x: torch.Tensor, cache) -> bool:
