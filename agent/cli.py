@@ -79,7 +79,7 @@ def setup_logging(verbose: bool, level: str = "info") -> None:
         handlers=[RichHandler(show_path=False, rich_tracebacks=True, console=_stderr_console())],
         force=True,
     )
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "numba", "jieba", "matplotlib", "faster_whisper"):
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "urllib3", "filelock", "numba", "jieba", "matplotlib", "faster_whisper"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

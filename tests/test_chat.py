@@ -94,6 +94,67 @@ def test_text_chat_muted_holds_a_conversation_and_saves_it(tmp_path):
         assert "Hi Tess!" in sent and "I'm back." in sent
 
 
+def test_piped_chat_shows_the_state_the_reply_and_the_latencies(tmp_path):
+    """Not a terminal: every state change, spoken piece and the per-turn latencies are plain lines."""
+    require_fixtures()
+    with FakeLlmServer() as server:
+        server.script(Reply("Sure. [happy] Here is *one* idea. And a [hap", token_delay_s=0.01))
+        config = setup_home(tmp_path, server.url)
+        result = chat(config, ["Any [bold]ideas[/]?"], "--mute")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    expected = [
+        "· listening", "you: Any [bold]ideas[/]?", "· thinking", "· speaking", "Tess: Sure.", "(happy)",
+        "Tess: Here is one idea.", "Tess: And a", "latency after Enter: LLM first token", "· listening",
+    ]  # fmt: skip
+    at = 0
+    for want in expected:  # in this order, each at the start of its own line
+        at = next((i for i in range(at, len(lines)) if lines[i].startswith(want)), None)
+        assert at is not None, f"{want!r} missing or out of order in:\n{result.stdout}"
+    first_token_ms = float(lines[at - 1].split("LLM first token ")[1].split(" ms")[0])
+    assert 0 < first_token_ms < 5000
+
+
+def test_chat_view_is_plain_lines_when_piped_and_a_live_area_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from agent.chat import HEARING, THINKING, ChatView
+
+    piped = io.StringIO()
+    view = ChatView(Console(file=piped, force_terminal=False, width=100), "Tess")
+    view.state(HEARING)
+    for partial in ("open the", "open the", "open the [window]"):  # a repeat is not shown again
+        view.partial(partial)
+    view.user("open the [window]")
+    view.state(THINKING)
+    view.reply_so_far("[happy] Sure, **opening** it")  # the stream is for the live area only
+    view.piece("Sure, opening it.")
+    assert piped.getvalue().splitlines() == [
+        "· hearing you", "  … open the", "  … open the [window]", "you: open the [window]", "· thinking",
+        "Tess: Sure, opening it.",
+    ]  # fmt: skip
+
+    screen = io.StringIO()
+    view = ChatView(Console(file=screen, force_terminal=True, width=100, color_system=None), "Tess")
+    view.state(HEARING)
+    view.partial("open the")
+    view.piece("Sure.")
+    assert screen.getvalue() == ""  # nothing printed: the live area shows it
+    live = io.StringIO()
+    view.reply_so_far("[happy] Sure, **opening** it [ha")  # no tags, markdown or half a tag
+    Console(file=live, width=100, color_system=None).print(view)
+    assert live.getvalue().splitlines() == ["● hearing you", "you: open the", "Tess: Sure, opening it"]
+    view.reply_done("Sure, opening it.", interrupted=False)  # printed above the live area
+    assert screen.getvalue().strip() == "Tess: Sure, opening it."
+    view.partial("")
+    view.piece("Hi, I'm Tess.")  # a greeting: no LLM stream, the pieces are the reply
+    live = io.StringIO()
+    Console(file=live, width=100, color_system=None).print(view)
+    assert live.getvalue().splitlines() == ["● hearing you", "Tess: Hi, I'm Tess."]
+
+
 def test_text_chat_speaks_through_the_speakers(tmp_path):
     """With an audio server (CI starts PulseAudio virtual devices), replies are synthesized and played."""
     require_fixtures()
@@ -105,6 +166,7 @@ def test_text_chat_speaks_through_the_speakers(tmp_path):
         result = chat(config, ["Hello."])
     assert result.returncode == 0, result.stderr
     assert "first audio" in result.stdout and "Good evening." in result.stdout
+    assert "· speaking" in result.stdout and "voice-to-voice" in result.stdout
     messages = history_messages(tmp_path)
     assert messages[-1]["text"].startswith("Good evening.")
 
@@ -131,12 +193,15 @@ def test_voice_chat_from_a_file_hears_the_user_and_answers(tmp_path):
     require_espeak()
     import numpy as np
 
-    clip = np.concatenate([np.zeros(8000, np.float32), speak("Please open the window."), np.zeros(16000, np.float32)])
+    clip = np.concatenate(
+        [np.zeros(8000, np.float32), speak("Please open the window."), np.zeros(16000, np.float32)]
+    )
     wav = write_wav(tmp_path / "user.wav", clip)
     with FakeLlmServer() as server:
         server.script(Reply("Of course, opening it now."))
         config = setup_home(tmp_path, server.url)
-        config.write_text(config.read_text() + f"[asr]\nmodel = '{tiny_en_dir()}'\nlanguage = 'en'\n")
+        asr = f"[asr]\nmodel = '{tiny_en_dir()}'\nlanguage = 'en'\npartial_interval_ms = 300\n"
+        config.write_text(config.read_text() + asr)
         result = subprocess.run(
             [sys.executable, "-m", "agent.cli", "chat", "--mute", "--input", str(wav), "--config", str(config)],
             capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "COLUMNS": "200"},
@@ -145,6 +210,9 @@ def test_voice_chat_from_a_file_hears_the_user_and_answers(tmp_path):
         heard = server.requests[0]["messages"][-1]["content"].lower()
     assert "open" in heard and "window" in heard
     assert "Of course, opening it now." in result.stdout and "transcript" in result.stdout
+    states = iter(line for line in result.stdout.splitlines() if line.startswith("· "))
+    for state in ("listening", "hearing you", "thinking", "speaking", "listening"):  # in this order
+        assert f"· {state}" in states, f"state {state!r} missing or out of order in:\n{result.stdout}"
 
 
 def _barge_verdicts(audio, min_ms=300):
@@ -195,7 +263,16 @@ def test_barge_in_silences_the_speakers_within_100_ms(tmp_path):
     rate = 32000
     recording = tmp_path / "speaker.raw"
     recorder = subprocess.Popen(
-        ["parecord", "-d", "vspk.monitor", "--raw", f"--rate={rate}", "--channels=1", "--format=s16le", str(recording)]
+        [
+            "parecord",
+            "-d",
+            "vspk.monitor",
+            "--raw",
+            f"--rate={rate}",
+            "--channels=1",
+            "--format=s16le",
+            str(recording),
+        ]
     )
     time.sleep(1.5)  # PulseAudio streams take up to 1.5 s to start delivering
 
