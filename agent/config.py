@@ -100,6 +100,7 @@ class TtsConfig(Section):
     batch_size: int = Field(1, ge=1)
     parallel_infer: bool = True
     stream_chunk_tokens: int = Field(16, ge=4)  # token-chunk streaming inside a sentence
+    stream_first_chunk_tokens: int = Field(8, ge=4)  # a shorter first chunk: first audio sooner
     g2pw: bool = False  # Chinese polyphone model (needs `koe models download g2pw`)
     cache_dir: Path | None = None  # reference-feature cache; None = <models.dir>/cache
 

@@ -221,6 +221,23 @@ def test_fixed_chunk_stream_yields_the_same_tokens():
     assert torch.equal(streamed, whole.sequence[4:])
 
 
+def test_a_shorter_first_chunk_then_the_usual_ones():
+    model = small_model()
+    ids, bert = text_inputs(9)
+    prompt = torch.randint(0, 1024, (1, 4))
+    params = SamplingParams(top_k=5, top_p=0.9, temperature=0.8)
+    torch.manual_seed(5)
+    whole = generate(model, ids, bert, prompt, params, early_stop_num=-1, max_steps=60)
+    torch.manual_seed(5)
+    chunks = list(
+        stream(model, ids, bert, prompt, params, chunk_length=4, early_stop_num=-1, max_steps=60, first_chunk_length=3)
+    )
+    sizes = [len(c.tokens) for c in chunks[:-1]]
+    assert len(sizes) >= 3 and sizes == [3] + [4] * (len(sizes) - 1)
+    streamed = torch.cat([c.tokens for c in chunks if c.tokens is not None])
+    assert torch.equal(streamed, whole.sequence[4:])
+
+
 def test_stream_can_be_cancelled_between_steps():
     model = small_model()
     ids, bert = text_inputs(9)

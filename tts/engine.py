@@ -89,6 +89,7 @@ def request_params(text: str, lang: str, voice: VoiceSpec, settings: TtsConfig, 
         "return_fragment": stream == "sentence",
         "streaming_mode": stream == "tokens",
         "min_chunk_length": settings.stream_chunk_tokens,
+        "first_chunk_length": settings.stream_first_chunk_tokens,
     }
 
 

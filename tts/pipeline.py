@@ -66,6 +66,7 @@ class RunParams:
     overlap_length: int = 2
     min_chunk_length: int = 16
     fixed_length_chunk: bool = False
+    first_chunk_length: int | None = None  # koe: send the first chunk after this many tokens (None = official)
 
     @classmethod
     def from_dict(cls, params: dict) -> RunParams:
@@ -548,7 +549,7 @@ class TTSPipeline:
         prompt = None if prompt_tokens is None else prompt_tokens[None]
         chunks = stream(
             self.t2s, ids[None], bert[None], prompt, _sampling(p), p.min_chunk_length, similarity,
-            on_step=self._check_stop,
+            on_step=self._check_stop, first_chunk_length=p.first_chunk_length,
         )  # fmt: skip
         try:
             for chunk in chunks:

@@ -323,6 +323,7 @@ def stream(
     early_stop_num: int | None = None,
     max_steps: int = MAX_STEPS,
     on_step: OnStep | None = None,
+    first_chunk_length: int | None = None,
 ) -> Iterator[TokenChunk]:
     """Streaming generation (`infer_panel_naive` with streaming_mode): yields token chunks as decoded.
 
@@ -331,6 +332,9 @@ def stream(
     upstream, a silence-aware chunk carries every pending token but only advances past the split
     point, so later tokens come again in the next chunk. The last chunk has `is_final`. Closing the
     generator cancels the generation between two steps.
+
+    `first_chunk_length` (koe's addition; None = the official behaviour) sends the first chunk as soon
+    as that many tokens exist, in either mode, so the first audio starts earlier.
     """
     decoder = SingleDecoder(
         model, phoneme_ids, bert_feature, prompt, params, early_stop_num, max_steps, on_step
@@ -338,9 +342,14 @@ def stream(
     start = decoder.prompt_len  # first token not yet confirmed
     if mute_similarity is not None:
         mute_similarity = mute_similarity.to(decoder.tokens.device)
+    first = first_chunk_length
     while not decoder.advance():
         pending = decoder.length - start
-        if mute_similarity is None:
+        if first is not None:
+            if pending >= first:
+                yield TokenChunk(decoder.sequence[start:].clone(), False)
+                start, first = decoder.length, None
+        elif mute_similarity is None:
             if pending >= chunk_length:
                 yield TokenChunk(decoder.sequence[start:].clone(), False)
                 start = decoder.length
