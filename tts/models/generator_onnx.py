@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from tts.models.generator import LRELU_SLOPE, Generator, ResBlock1
-from tts.models.onnx_graph import GraphBuilder, cpu_session, release_parameters
+from tts.models.onnx_graph import BuiltGraph, GraphBuilder, cpu_session, release_parameters
 
 log = logging.getLogger(__name__)
 
 
-def build_generator_graph(generator: Generator) -> bytes:
-    """Serialized ONNX model of `generator.forward_pre_tanh`: x [B, C, T] (+ g [B, gin, 1]) -> [B, 1, S]."""
+def build_generator_graph(generator: Generator) -> BuiltGraph:
+    """The ONNX graph of `generator.forward_pre_tanh`: x [B, C, T] (+ g [B, gin, 1]) -> [B, 1, S]."""
     from onnx import TensorProto, helper
 
     g = GraphBuilder("fp32")
@@ -50,7 +50,7 @@ def build_generator_graph(generator: Generator) -> bytes:
     out = g.conv1d(g.leaky_relu(x, 0.01, "post.act"), generator.conv_post, "conv_post")
     g.nodes.append(helper.make_node("Identity", [out], ["pre_tanh"]))
     outputs = [helper.make_tensor_value_info("pre_tanh", TensorProto.FLOAT, ["batch", 1, "samples"])]
-    return g.serialize("sovits_generator", inputs, outputs)
+    return g.build("sovits_generator", inputs, outputs)
 
 
 def _resblock(g: GraphBuilder, x: str, block, name: str) -> str:
@@ -72,11 +72,12 @@ class OnnxGenerator:
     def __init__(self, generator: Generator, threads: int | None = None, release_torch_weights: bool = False):
         """`release_torch_weights` drops the torch copies (inference-only models)."""
         started = time.perf_counter()
-        self.session = cpu_session(build_generator_graph(generator), threads)
+        graph = build_generator_graph(generator)
+        if release_torch_weights:  # the graph holds the arrays until the session has copied them
+            release_parameters(generator)
+        self.session = cpu_session(graph, threads)
         self.conditioned = hasattr(generator, "cond")
         self.released_torch_weights = release_torch_weights
-        if release_torch_weights:
-            release_parameters(generator)
         log.info("SoVITS generator ONNX Runtime graph ready in %.1f s", time.perf_counter() - started)
 
     def supports(self, x: torch.Tensor) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from agent.errors import KoeError
 QUANT_BLOCK = 32  # weights per int8 scale (along the input dimension)
 ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
 OPSET = 17
+EXTERNAL_BYTES = 1 << 16  # initializers this large are passed to ONNX Runtime in place, not serialized
 
 
 def quantize_blocks(weight: np.ndarray, block: int = QUANT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +65,25 @@ class GraphBuilder:
         self.weights = weights
         self.nodes: list = []
         self.initializers: list = []
+        self.external: dict[str, np.ndarray] = {}  # large weights, handed to ONNX Runtime in place
 
     def const(self, name: str, value: np.ndarray) -> str:
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
+        value = np.ascontiguousarray(value)
+        if value.nbytes < EXTERNAL_BYTES:
+            self.initializers.append(self.numpy_helper.from_array(value, name))
+            return name
+        # Large weights stay out of the protobuf (fewer copies at build time): the graph only names
+        # them as external data, and `cpu_session` hands ONNX Runtime the arrays.
+        from onnx import TensorProto, helper
+
+        tensor = TensorProto(
+            name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape
+        )
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, entry in (("location", "koe-memory"), ("offset", "0"), ("length", str(value.nbytes))):
+            tensor.external_data.add(key=key, value=entry)
+        self.initializers.append(tensor)
+        self.external[name] = value
         return name
 
     def node(self, op: str, inputs: list[str], output: str, domain: str = "", **attrs) -> str:
@@ -121,15 +139,25 @@ class GraphBuilder:
     def leaky_relu(self, x: str, slope: float, name: str) -> str:
         return self.node("LeakyRelu", [x], name, alpha=slope)
 
-    def serialize(self, graph_name: str, inputs: list, outputs: list) -> bytes:
+    def build(self, graph_name: str, inputs: list, outputs: list) -> BuiltGraph:
         graph = self.helper.make_graph(self.nodes, graph_name, inputs, outputs, self.initializers)
         opsets = [self.helper.make_opsetid("", OPSET), self.helper.make_opsetid("com.microsoft", 1)]
-        return self.helper.make_model(graph, opset_imports=opsets).SerializeToString()
+        return BuiltGraph(
+            self.helper.make_model(graph, opset_imports=opsets).SerializeToString(), self.external
+        )
+
+
+@dataclass
+class BuiltGraph:
+    """A serialized graph and the large weights it names as external data."""
+
+    model: bytes
+    external: dict[str, np.ndarray]
 
 
 def release_parameters(module: torch.nn.Module) -> None:
-    """Drop the torch copies of weights that now live in an ONNX Runtime session (resident memory),
-    and hand the freed pages back to the system."""
+    """Drop the torch copies of weights that an ONNX Runtime graph holds (resident memory), and hand
+    the freed pages back to the system. Arrays a `GraphBuilder` still shares stay until it is done."""
     for parameter in module.parameters():
         parameter.data = torch.empty(0, dtype=parameter.dtype)
     gc.collect()
@@ -144,8 +172,12 @@ def _trim_heap() -> None:
         pass
 
 
-def cpu_session(model: bytes, threads: int | None = None):
-    """An ONNX Runtime CPU session for a serialized graph, with koe's thread count (torch's by default)."""
+def cpu_session(graph: BuiltGraph, threads: int | None = None):
+    """An ONNX Runtime CPU session for a built graph, with koe's thread count (torch's by default).
+
+    ONNX Runtime copies the graph's large weights while it loads (AddExternalInitializers); the
+    arrays can be dropped afterwards.
+    """
     try:
         import onnxruntime as ort
     except ImportError:
@@ -154,6 +186,14 @@ def cpu_session(model: bytes, threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers are noise here
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    if graph.external:
+        names = list(graph.external)
+        options.add_external_initializers(
+            names, [ort.OrtValue.ortvalue_from_numpy(graph.external[n]) for n in names]
+        )
+    session = ort.InferenceSession(graph.model, options, providers=["CPUExecutionProvider"])
+    del options
+    graph.external.clear()
+    gc.collect()
     _trim_heap()
     return session

@@ -23,15 +23,15 @@ import numpy as np
 import torch
 
 from agent.errors import KoeError
-from tts.models.onnx_graph import GraphBuilder, cpu_session, release_parameters
+from tts.models.onnx_graph import BuiltGraph, GraphBuilder, cpu_session, release_parameters
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FORMATS = ("fp32", "int8")
 
 
-def build_stack_graph(model, weights: str) -> bytes:
-    """The serialized ONNX model of `model`'s stack (a `T2SModel`) over S new positions.
+def build_stack_graph(model, weights: str) -> BuiltGraph:
+    """The ONNX graph of `model`'s stack (a `T2SModel`) over S new positions.
 
     Inputs: x [B, S, dim] (embedded positions), seqlens_k [B] int32 (positions cached after this call,
     minus one), total_len [] int32, attention_bias [B or 1, 1, S, total] (0 = may attend, -inf = not),
@@ -89,7 +89,7 @@ def build_stack_graph(model, weights: str) -> bytes:
     )  # fmt: skip
     logits = g.linear(last, model.ar_predict_layer.weight, None, "predict")
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
-    return g.serialize("t2s_stack", inputs, outputs)
+    return g.build("t2s_stack", inputs, outputs)
 
 
 class OnnxStack:
@@ -103,13 +103,14 @@ class OnnxStack:
         if weights not in WEIGHT_FORMATS:
             raise KoeError(f"unknown T2S ONNX weight format {weights!r}; expected one of {WEIGHT_FORMATS}")
         started = time.perf_counter()
-        self.session = cpu_session(build_stack_graph(model, weights), threads)
+        graph = build_stack_graph(model, weights)
+        if release_torch_weights:  # before the session copies the graph's weights: a lower peak
+            release_parameters(model.h)
+        self.session = cpu_session(graph, threads)
         self.weights = weights
         self.num_layers = model.config.num_layers
         self.vocab_size = model.config.vocab_size
         self.released_torch_weights = release_torch_weights
-        if release_torch_weights:
-            release_parameters(model.h)
         log.info("T2S %s ONNX Runtime graph ready in %.1f s", weights, time.perf_counter() - started)
 
     def supports(self, x: torch.Tensor, cache) -> bool:
