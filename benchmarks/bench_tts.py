@@ -15,13 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from statistics import median
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import write_espeak_reference, write_gpt, write_hubert, write_sovits  # noqa: E402
 
 SHORT = "The quick brown fox jumps over the lazy dog near the river bank."
 PARAGRAPH = (
@@ -34,37 +38,14 @@ REF_TEXT = "Every morning the baker opens his little shop before the sun comes u
 
 def write_models(folder: Path) -> dict:
     """Full-size v2 GPT, SoVITS, HuBERT and a 5 s reference clip, in the official formats."""
-    from transformers import HubertConfig, HubertModel
-
-    from tts.models.t2s import T2SConfig, T2SModel
-    from tts.weights.gpt import save_gpt
-    from tts.weights.sovits import build_sovits, save_sovits
-
-    torch.manual_seed(0)
-    gpt = folder / "bench-e1.ckpt"
     # Random weights rarely pick EOS: the early stop (50 x max_sec tokens) ends each sentence at
     # 100 tokens = 4 s of audio, like the fixed 100 tokens of the peer measurements.
-    save_gpt(gpt, T2SModel(T2SConfig(max_sec=2)))
-    from tts.models.sovits import SoVITSConfig
-
-    config = SoVITSConfig()
-    model = build_sovits(config, weight_norm=True)
-    sovits_config = {
-        "data": {"sampling_rate": 32000, "filter_length": 2048, "hop_length": 640, "win_length": 2048},
-        "model": {k: getattr(config, k) for k in (
-            "inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers", "kernel_size",
-            "p_dropout", "resblock", "resblock_kernel_sizes", "resblock_dilation_sizes", "upsample_rates",
-            "upsample_initial_channel", "upsample_kernel_sizes", "gin_channels",
-        )} | {"version": "v2", "semantic_frame_rate": "25hz", "freeze_quantizer": True},
-    }  # fmt: skip
-    sovits = folder / "bench_e1_s1.pth"
-    save_sovits(sovits, model.state_dict(), sovits_config, "1epoch_1iteration", "v2")
-    hubert_dir = folder / "chinese-hubert-base"
-    HubertModel(HubertConfig()).save_pretrained(hubert_dir)
-    ref = folder / "ref.wav"
-    subprocess.run(["espeak-ng", "-w", str(folder / "ref22k.wav"), REF_TEXT], check=True)
-    subprocess.run(["sox", str(folder / "ref22k.wav"), "-r", "32000", str(ref)], check=True)
-    return {"gpt": gpt, "sovits": sovits, "hubert": hubert_dir, "ref": ref}
+    return {
+        "gpt": write_gpt(folder / "bench-e1.ckpt", max_sec=2),
+        "sovits": write_sovits(folder / "bench_e1_s1.pth"),
+        "hubert": write_hubert(folder / "chinese-hubert-base"),
+        "ref": write_espeak_reference(folder / "ref.wav", REF_TEXT),
+    }
 
 
 async def measure(engine, text: str, stream: str) -> tuple[float, float]:
@@ -93,7 +74,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_models(Path(tmp))
         started = time.perf_counter()
-        pipeline = TTSPipeline.from_paths(paths["gpt"], paths["sovits"], None, paths["hubert"], device=args.device)
+        pipeline = TTSPipeline.from_paths(
+            paths["gpt"], paths["sovits"], None, paths["hubert"], device=args.device
+        )
         load_s = time.perf_counter() - started
         voice = VoiceSpec(paths["gpt"], paths["sovits"], paths["ref"], REF_TEXT, "en")
         engine = TtsEngine(pipeline, voice, TtsConfig(seed=1, stream_chunk_tokens=16))

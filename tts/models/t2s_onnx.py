@@ -111,6 +111,8 @@ class OnnxStack:
         self.num_layers = model.config.num_layers
         self.vocab_size = model.config.vocab_size
         self.released_torch_weights = release_torch_weights
+        self._binding = None
+        self._bound_cache: tuple | None = None
         log.info("T2S %s ONNX Runtime graph ready in %.1f s", weights, time.perf_counter() - started)
 
     def supports(self, x: torch.Tensor, cache) -> bool:
@@ -137,18 +139,31 @@ class OnnxStack:
         else:
             allowed = allowed.reshape((-1, 1, *allowed.shape[-2:])).expand(-1, 1, new, total)
             bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
-        binding = self.session.io_binding()
-        binding.bind_cpu_input("x", x.contiguous().numpy())
-        binding.bind_cpu_input("seqlens_k", np.full(batch, total - 1, dtype=np.int32))
-        binding.bind_cpu_input("total_len", np.array(total, dtype=np.int32))
-        binding.bind_cpu_input("attention_bias", bias.numpy())
-        for i in range(self.num_layers):
-            for kind, buffer in (("key", cache.keys[i]), ("value", cache.values[i])):
-                shape, pointer = list(buffer.shape), buffer.data_ptr()
-                binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
-                binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
+        feeds = {  # held here until the run: the binding may read them in place
+            "x": x.contiguous().numpy(),
+            "seqlens_k": np.full(batch, total - 1, dtype=np.int32),
+            "total_len": np.array(total, dtype=np.int32),
+            "attention_bias": bias.numpy(),
+        }
+        binding = self._binding_for(cache)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
         logits = torch.empty(batch, 1, self.vocab_size)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.data_ptr())
         self.session.run_with_iobinding(binding)
         cache.length = total
         return logits[:, 0]
+
+    def _binding_for(self, cache):
+        """The session's IO binding with every layer's cache buffer bound as past and present; bound
+        again only when the cache's tensors change (a new generation, or rows dropped from a batch)."""
+        key = (cache.keys.data_ptr(), cache.values.data_ptr(), tuple(cache.keys.shape))
+        if key != self._bound_cache:
+            binding = self._binding = self.session.io_binding()
+            for i in range(self.num_layers):
+                for kind, buffer in (("key", cache.keys[i]), ("value", cache.values[i])):
+                    shape, pointer = list(buffer.shape), buffer.data_ptr()
+                    binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
+                    binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
+            self._bound_cache = key
+        return self._binding
