@@ -66,7 +66,9 @@ class RunParams:
     overlap_length: int = 2
     min_chunk_length: int = 16
     fixed_length_chunk: bool = False
-    first_chunk_length: int | None = None  # koe: send the first chunk after this many tokens (None = official)
+    first_chunk_length: int | None = (
+        None  # koe: send the first chunk after this many tokens (None = official)
+    )
 
     @classmethod
     def from_dict(cls, params: dict) -> RunParams:

@@ -2,20 +2,26 @@
 
 Each character of norm_text gets the hidden state of transformer layer L-2 (hidden_states[-3]),
 repeated word2ph[i] times, so the features line up with the phones: [hidden, n_phones]. Segments in
-other languages get zeros of the same height (see `zero_features`).
+other languages get zeros of the same height (see `zero_features`). The last two layers never
+matter, so they are not kept; on the CPU the others run as an ONNX Runtime graph (bert_onnx.py).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import torch
 
 from agent.errors import KoeError
 
+log = logging.getLogger(__name__)
+
 BERT_FOLDER = "chinese-roberta-wwm-ext-large"
 FEATURE_DIM = 1024  # hidden size of chinese-roberta-wwm-ext-large
 MAX_CHARS = 510  # 512 positions minus [CLS] and [SEP]
+UNUSED_LAST_LAYERS = 2  # the features are hidden_states[-3]
 
 
 def zero_features(n_phones: int, dim: int = FEATURE_DIM) -> torch.Tensor:
@@ -42,11 +48,21 @@ class ChineseBert:
             )
         from transformers import AutoTokenizer, BertModel
 
+        started = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.model = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False)
+        with torch.random.fork_rng(devices=[]):  # loading may draw init noise; seeded runs must not see it
+            self.model = BertModel.from_pretrained(str(model_dir), add_pooling_layer=False)
+        layers = self.model.encoder.layer
+        self.model.encoder.layer = layers[: len(layers) - UNUSED_LAST_LAYERS]
         self.model.to(device=device, dtype=dtype).eval()
         self.device = torch.device(device)
         self.dim = self.model.config.hidden_size
+        self.onnx = None
+        if self.device.type == "cpu" and dtype == torch.float32:
+            from tts.text.bert_onnx import OnnxBertEncoder
+
+            self.onnx = OnnxBertEncoder(self.model)
+        log.info("BERT loaded in %.1f s", time.perf_counter() - started)
 
     @torch.inference_mode()
     def char_features(self, text: str, sink: list | None = None) -> torch.Tensor:
@@ -66,9 +82,17 @@ class ChineseBert:
                     f"the BERT tokenizer split {window!r} into {n_tokens} tokens, expected one per character "
                     f"({len(window)}); use the {BERT_FOLDER} tokenizer"
                 )
-            hidden = self.model(**inputs, output_hidden_states=True).hidden_states[-3]  # [1, T+2, H]
+            hidden = self._last_kept_layer(inputs)  # [1, T+2, H]
             features.append(hidden[0, 1:-1].float().cpu())
         return torch.cat(features) if features else torch.zeros(0, self.dim)
+
+    def _last_kept_layer(self, inputs) -> torch.Tensor:
+        if self.onnx is None:
+            return self.model(**inputs).last_hidden_state
+        embeddings = self.model.embeddings(
+            input_ids=inputs["input_ids"], token_type_ids=inputs["token_type_ids"]
+        )
+        return self.onnx(embeddings)
 
     def __call__(self, norm_text: str, word2ph: list[int], sink: list | None = None) -> torch.Tensor:
         """[hidden, n_phones] features of a Mandarin segment."""
