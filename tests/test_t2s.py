@@ -206,7 +206,8 @@ def test_reference_free_returns_whole_sequence():
     assert torch.equal(batch.sequence, result.sequence)
 
 
-def test_fixed_chunk_stream_yields_the_same_tokens():
+def _whole_and_streamed(**stream_options):
+    """The same seeded sampled generation, once whole and once streamed: (generated tokens, chunks)."""
     model = small_model()
     ids, bert = text_inputs(9)
     prompt = torch.randint(0, 1024, (1, 4))
@@ -214,28 +215,21 @@ def test_fixed_chunk_stream_yields_the_same_tokens():
     torch.manual_seed(5)
     whole = generate(model, ids, bert, prompt, params, early_stop_num=-1, max_steps=60)
     torch.manual_seed(5)
-    chunks = list(stream(model, ids, bert, prompt, params, chunk_length=8, early_stop_num=-1, max_steps=60))
-    assert [c.is_final for c in chunks] == [False] * (len(chunks) - 1) + [True]
-    assert all(len(c.tokens) == 8 for c in chunks[:-1])
+    chunks = list(stream(model, ids, bert, prompt, params, early_stop_num=-1, max_steps=60, **stream_options))
     streamed = torch.cat([c.tokens for c in chunks if c.tokens is not None])
     assert torch.equal(streamed, whole.sequence[4:])
+    return chunks
+
+
+def test_fixed_chunk_stream_yields_the_same_tokens():
+    chunks = _whole_and_streamed(chunk_length=8)
+    assert [c.is_final for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert all(len(c.tokens) == 8 for c in chunks[:-1])
 
 
 def test_a_shorter_first_chunk_then_the_usual_ones():
-    model = small_model()
-    ids, bert = text_inputs(9)
-    prompt = torch.randint(0, 1024, (1, 4))
-    params = SamplingParams(top_k=5, top_p=0.9, temperature=0.8)
-    torch.manual_seed(5)
-    whole = generate(model, ids, bert, prompt, params, early_stop_num=-1, max_steps=60)
-    torch.manual_seed(5)
-    chunks = list(
-        stream(model, ids, bert, prompt, params, chunk_length=4, early_stop_num=-1, max_steps=60, first_chunk_length=3)
-    )
-    sizes = [len(c.tokens) for c in chunks[:-1]]
+    sizes = [len(c.tokens) for c in _whole_and_streamed(chunk_length=4, first_chunk_length=3)[:-1]]
     assert len(sizes) >= 3 and sizes == [3] + [4] * (len(sizes) - 1)
-    streamed = torch.cat([c.tokens for c in chunks if c.tokens is not None])
-    assert torch.equal(streamed, whole.sequence[4:])
 
 
 def test_stream_can_be_cancelled_between_steps():
