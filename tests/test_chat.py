@@ -257,7 +257,7 @@ def test_barge_in_silences_the_speakers_within_100_ms(tmp_path):
 
     import numpy as np
 
-    from agent.chat import Player
+    from agent.player import Player
     from agent.turn import Piece
 
     rate = 32000
