@@ -6,9 +6,7 @@ generator (compute-bound). The graphs are built in memory from the loaded weight
 no files): `GraphBuilder` collects nodes and weights, `cpu_session` compiles them.
 
 Weights go in as fp32 (the same model, within float rounding) or, for matrix products, as 8-bit
-block-quantized codes: "int8" multiplies them with `MatMulNBits` (int8 dot products: fastest for one
-row, or for many rows on CPUs with VNNI/AMX), "int8-dequant" expands them to fp32 blocks inside the
-product (`DequantizeLinear` + `MatMul`: fp32 GEMM speed for many rows on CPUs without them).
+block-quantized codes (`MatMulNBits`: a quarter of the bytes, int8 dot products).
 """
 
 from __future__ import annotations
@@ -24,8 +22,7 @@ from agent.errors import KoeError
 
 QUANT_BLOCK = 32  # weights per int8 scale (along the input dimension)
 ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
-OPSET = 21  # DequantizeLinear with block_size
-INT8_PRODUCT_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # CPUs whose int8 GEMM beats fp32
+OPSET = 17
 EXTERNAL_BYTES = 1 << 16  # initializers this large are passed to ONNX Runtime in place, not serialized
 
 
@@ -47,18 +44,6 @@ def dequantize_blocks(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     rows, nblocks, block = codes.shape
     values = (codes.astype(np.float32) - 128) * scale.reshape(rows, nblocks, 1)
     return values.reshape(rows, nblocks * block)
-
-
-def fast_int8_products() -> bool:
-    """Whether this CPU multiplies int8 matrices faster than fp32 ones (VNNI or AMX); Linux flags."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return bool(INT8_PRODUCT_FLAGS & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return False
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -111,15 +96,6 @@ class GraphBuilder:
         rows, cols = w.shape
         if self.weights == "fp32":
             y = self.node("MatMul", [x, self.const(f"{name}.wT", w.T)], f"{name}.mm")
-        elif self.weights == "int8-dequant":
-            codes, scale = quantize_blocks(w)  # the same codes as "int8", laid out [K, N] for MatMul
-            signed = (codes.astype(np.int16) - 128).astype(np.int8).reshape(rows, cols)
-            blocks = scale.reshape(rows, cols // QUANT_BLOCK)
-            wT = self.node(
-                "DequantizeLinear", [self.const(f"{name}.qT", signed.T), self.const(f"{name}.scaleT", blocks.T)],
-                f"{name}.wT", axis=0, block_size=QUANT_BLOCK,
-            )  # fmt: skip
-            y = self.node("MatMul", [x, wT], f"{name}.mm")
         else:
             codes, scale = quantize_blocks(w)
             y = self.node(
@@ -196,11 +172,8 @@ def _trim_heap() -> None:
         pass
 
 
-def cpu_session(graph: BuiltGraph, threads: int | None = None, fold_constants: bool = True):
+def cpu_session(graph: BuiltGraph, threads: int | None = None):
     """An ONNX Runtime CPU session for a built graph, with koe's thread count (torch's by default).
-
-    `fold_constants=False` keeps `DequantizeLinear` of weights in the graph (folding would store
-    them expanded to fp32).
 
     ONNX Runtime copies the graph's large weights while it loads (AddExternalInitializers); the
     arrays can be dropped afterwards.
@@ -213,8 +186,6 @@ def cpu_session(graph: BuiltGraph, threads: int | None = None, fold_constants: b
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers are noise here
-    if not fold_constants:
-        options.add_session_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
     if graph.external:
         names = list(graph.external)
         options.add_external_initializers(

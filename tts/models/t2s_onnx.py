@@ -23,13 +23,7 @@ import numpy as np
 import torch
 
 from agent.errors import KoeError
-from tts.models.onnx_graph import (
-    BuiltGraph,
-    GraphBuilder,
-    cpu_session,
-    fast_int8_products,
-    release_parameters,
-)
+from tts.models.onnx_graph import BuiltGraph, GraphBuilder, cpu_session, release_parameters
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +104,15 @@ class OnnxStack:
             raise KoeError(f"unknown T2S ONNX weight format {weights!r}; expected one of {WEIGHT_FORMATS}")
         started = time.perf_counter()
         graph = build_stack_graph(model, weights)
-        # int8 prompt passes (many rows) on CPUs without fast int8 GEMM: a graph that expands the
-        # same codes to fp32 blocks inside each product, which runs at fp32 GEMM speed.
-        prefill_graph = None
-        if weights == "int8" and not fast_int8_products():
-            prefill_graph = build_stack_graph(model, "int8-dequant")
-        if release_torch_weights:  # before the sessions copy the graphs' weights: a lower peak
+        if release_torch_weights:  # before the session copies the graph's weights: a lower peak
             release_parameters(model.h)
         self.session = cpu_session(graph, threads)
-        self.prefill_session = self.session
-        if prefill_graph is not None:
-            self.prefill_session = cpu_session(prefill_graph, threads, fold_constants=False)
         self.weights = weights
         self.num_layers = model.config.num_layers
         self.vocab_size = model.config.vocab_size
         self.released_torch_weights = release_torch_weights
-        self._bindings: dict[int, tuple[tuple, object]] = {}  # per session: (cache key, binding)
+        self._binding = None
+        self._bound_cache: tuple | None = None
         log.info("T2S %s ONNX Runtime graph ready in %.1f s", weights, time.perf_counter() - started)
 
     def supports(self, x: torch.Tensor, cache) -> bool:
@@ -158,28 +145,25 @@ class OnnxStack:
             "total_len": np.array(total, dtype=np.int32),
             "attention_bias": bias.numpy(),
         }
-        session = self.session if new == 1 else self.prefill_session
-        binding = self._binding_for(session, cache)
+        binding = self._binding_for(cache)
         for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
         logits = torch.empty(batch, 1, self.vocab_size)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.data_ptr())
-        session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding)
         cache.length = total
         return logits[:, 0]
 
-    def _binding_for(self, session, cache):
+    def _binding_for(self, cache):
         """The session's IO binding with every layer's cache buffer bound as past and present; bound
         again only when the cache's tensors change (a new generation, or rows dropped from a batch)."""
         key = (cache.keys.data_ptr(), cache.values.data_ptr(), tuple(cache.keys.shape))
-        bound = self._bindings.get(id(session))
-        if bound is not None and bound[0] == key:
-            return bound[1]
-        binding = session.io_binding()
-        for i in range(self.num_layers):
-            for kind, buffer in (("key", cache.keys[i]), ("value", cache.values[i])):
-                shape, pointer = list(buffer.shape), buffer.data_ptr()
-                binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
-                binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
-        self._bindings[id(session)] = (key, binding)
-        return binding
+        if key != self._bound_cache:
+            binding = self._binding = self.session.io_binding()
+            for i in range(self.num_layers):
+                for kind, buffer in (("key", cache.keys[i]), ("value", cache.values[i])):
+                    shape, pointer = list(buffer.shape), buffer.data_ptr()
+                    binding.bind_input(f"past_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
+                    binding.bind_output(f"present_{kind}_{i}", "cpu", 0, np.float32, shape, pointer)
+            self._bound_cache = key
+        return self._binding
