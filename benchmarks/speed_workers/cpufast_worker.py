@@ -151,11 +151,7 @@ def main() -> None:
             chunks.close()
         return {"first_audio_ms": (t2 - t0) * 1000, "first_tokens_ms": (t1 - t0) * 1000}
 
-    rec.measure("t2s", t2s_run)
-    rec.measure("sovits", sovits_run)
-    if not args.no_stream:
-        rec.measure("stream", first_audio)
-    rec.result["rss_engine_peak_mb"] = W.rss_mb()[1]
+    rec.measure_engine(t2s_run, sovits_run, None if args.no_stream else first_audio)
     rec.emit()
 
 

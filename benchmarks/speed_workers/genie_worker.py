@@ -115,9 +115,7 @@ def main() -> None:
         )[0]
         return {"sovits_ms": (time.perf_counter() - t0) * 1000, "audio_s": audio.shape[-1] / W.SAMPLE_RATE}
 
-    rec.measure("t2s", t2s)
-    rec.measure("sovits", sovits)
-    rec.result["rss_engine_peak_mb"] = W.rss_mb()[1]
+    rec.measure_engine(t2s, sovits)  # genie-tts has no token streaming
     rec.emit()
 
 

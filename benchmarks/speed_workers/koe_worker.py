@@ -131,11 +131,7 @@ def main() -> None:
         chunks.close()
         return {"first_audio_ms": (t2 - t0) * 1000, "first_tokens_ms": (t1 - t0) * 1000}
 
-    rec.measure("t2s", t2s)
-    rec.measure("sovits", sovits)
-    if not args.no_stream:
-        rec.measure("stream", first_audio)
-    rec.result["rss_engine_peak_mb"] = W.rss_mb()[1]
+    rec.measure_engine(t2s, sovits, None if args.no_stream else first_audio)
 
     if not args.no_pipeline:
         pipeline.t2s = fixed  # every sentence exactly 100 tokens (4 s of speech)

@@ -165,6 +165,14 @@ class Recorder:
         self.result["load_s"] = seconds
         self.result["rss_loaded_mb"] = rss_mb()[0]
 
+    def measure_engine(self, t2s, sovits, first_audio=None) -> None:
+        """The engine-level figures every worker reports, then the engine's peak memory."""
+        self.measure("t2s", t2s)
+        self.measure("sovits", sovits)
+        if first_audio is not None:
+            self.measure("stream", first_audio)
+        self.result["rss_engine_peak_mb"] = rss_mb()[1]
+
     def emit(self) -> None:
         self.result["rss_end_mb"], self.result["rss_peak_mb"] = rss_mb()
         print(RESULT_PREFIX + json.dumps(self.result), flush=True)
