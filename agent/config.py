@@ -8,6 +8,7 @@ themselves: they receive the section they need.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -239,3 +240,13 @@ def masked_dict(config: KoeConfig) -> dict[str, Any]:
     data["llm"]["api_key"] = "***" if config.llm.resolved_api_key() else None
     data["server"]["token"] = "***" if config.server.resolved_token() else None
     return data
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is this machine only (networked parts need a token otherwise)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

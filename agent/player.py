@@ -56,11 +56,6 @@ class Player:
         with self._lock:
             self.first_sample_at = None
 
-    @property
-    def busy(self) -> bool:
-        """Whether audio is pending or playing."""
-        return bool(self._pending)
-
     def clear(self) -> None:
         """Barge-in: drop everything pending and stop the current piece where it is."""
         with self._lock:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import math
 import mimetypes
@@ -40,7 +39,7 @@ from websockets.http11 import Request, Response
 
 from agent import protocol as p
 from agent.character import Character
-from agent.config import LlmConfig, ServerConfig
+from agent.config import LlmConfig, ServerConfig, is_loopback
 from agent.conversation import Conversation
 from agent.errors import KoeError
 from agent.history import HistoryStore, Message
@@ -91,14 +90,6 @@ class Limits:
     # Kernel send buffer per client, kept small so the backlog of a slow client shows in its send queue.
     socket_send_buffer: int = 64 * 1024
 
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def origin_allowed(origin: str, allowed: list[str]) -> bool:

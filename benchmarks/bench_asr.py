@@ -35,6 +35,7 @@ from asr.endpointer import Endpointer, Utterance  # noqa: E402
 from asr.transcriber import MODEL_FOLDER_PREFIX, Transcriber  # noqa: E402
 from asr.vad import SpeechDetector  # noqa: E402
 from asr_helpers import SAMPLE_RATE, SPOKEN, make_corpus, word_error_rate  # noqa: E402
+from benchmarks.tables import print_table  # noqa: E402
 
 ENGINES = ("webrtc", "silero", "both")
 VARIANTS = [("en-us", 0), ("en-gb-x-rp", 15), ("en-029", -15)]  # voice, speed change
@@ -42,16 +43,6 @@ VARIANTS = [("en-us", 0), ("en-gb-x-rp", 15), ("en-029", -15)]  # voice, speed c
 
 def corpus_items() -> list[tuple[str, str, int]]:
     return [(text, voice, speed + delta) for voice, delta in VARIANTS for text, _, speed in SPOKEN]
-
-
-def print_table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [header] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    for n, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def bench_vad_cost(audio: np.ndarray) -> None:
@@ -65,7 +56,7 @@ def bench_vad_cost(audio: np.ndarray) -> None:
             detector.is_speech(frame)
         per_frame = (time.perf_counter() - started) / len(frames)
         rows.append([engine, 1000 * n // SAMPLE_RATE, per_frame * 1e6, per_frame * SAMPLE_RATE / n * 1e3])
-    print_table("VAD cost", ["engine", "frame ms", "us/frame", "ms per s of audio"], rows)
+    print_table("VAD cost", ["engine", "frame ms", "us/frame", "ms per s of audio"], rows, digits=3)
 
 
 def endpoint(engine: str, audio: np.ndarray) -> list[Utterance]:
@@ -104,7 +95,10 @@ def bench_endpoint_delay(corpus) -> list[Utterance]:
         "max |end err|",
     ]
     print_table(
-        f"Endpoint delay (true end of speech -> utterance event), {len(corpus.truth)} sentences", header, rows
+        f"Endpoint delay (true end of speech -> utterance event), {len(corpus.truth)} sentences",
+        header,
+        rows,
+        digits=3,
     )
     return cut
 
@@ -128,6 +122,7 @@ def bench_tiny_en(utterances: list[Utterance], texts: list[str], threads: int, d
         f"tiny.en on the endpointed corpus ({device}, {threads} threads, {audio_seconds:.1f} s of audio)",
         ["beam", "utterances", "WER", "RTF", "s per utterance"],
         rows,
+        digits=3,
     )
     return model
 
@@ -144,7 +139,10 @@ def bench_models(models: list[Path], corpus, threads: int, device: str, repeats:
             [label, transcriber.device, transcriber.compute_type, statistics.median(times), min(times)]
         )
     print_table(
-        "Transcription of a 5 s utterance (beam 1)", ["model", "device", "compute", "median s", "min s"], rows
+        "Transcription of a 5 s utterance (beam 1)",
+        ["model", "device", "compute", "median s", "min s"],
+        rows,
+        digits=3,
     )
 
 

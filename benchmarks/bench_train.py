@@ -41,6 +41,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed_steps(step, steps: int, device: torch.device) -> list[float]:
+    """Seconds of each of `steps + 1` calls of `step` (the first one warms up), peak memory reset first."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps + 1):
+        _sync(device)
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def _batch(batch_size: int, seconds: float, device: torch.device) -> dict[str, torch.Tensor]:
     nx, ny = int(seconds * PHONES_PER_SECOND), int(seconds * TOKENS_PER_SECOND)
     items = [
@@ -58,21 +72,16 @@ def bench_gpt(device: torch.device, batch_size: int, seconds: float, steps: int)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp else contextlib.nullcontext
     batch = _batch(batch_size, seconds, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps + 1):  # the first step warms up
-        _sync(device)
-        start = time.perf_counter()
+
+    def step() -> None:
         with autocast():
             out = module(**batch)
         scaler.scale(out.loss_sum).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return _result(times, batch_size, device)
+
+    return _result(_timed_steps(step, steps, device), batch_size, device)
 
 
 # --- SoVITS (added with the SoVITS trainer) -------------------------------------------------------------
@@ -104,16 +113,7 @@ def bench_sovits(
             item["sv"] = torch.randn(20480)
         items.append(item)
     batch = sovits_collate(items)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps + 1):  # the first step warms up
-        _sync(device)
-        start = time.perf_counter()
-        update.step(batch)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return _result(times, batch_size, device)
+    return _result(_timed_steps(lambda: update.step(batch), steps, device), batch_size, device)
 
 
 def print_sovits_table(devices: list[str], batch_sizes: list[int], seconds: float, steps: int) -> None:

@@ -36,6 +36,7 @@ from agent.config import LlmConfig  # noqa: E402
 from agent.conversation import Conversation  # noqa: E402
 from agent.history import HistoryStore, Message  # noqa: E402
 from agent.llm import LlmClient  # noqa: E402
+from benchmarks.tables import print_table  # noqa: E402
 from fake_llm_server import MODEL, FakeLlmServer, Reply, tokenize  # noqa: E402
 
 REPLY = (
@@ -115,16 +116,6 @@ async def bench(turns: int, history: int) -> list[list]:
             )
         await llm.close()
     return rows
-
-
-def print_table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [header] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    print(f"\n{title}")
-    for n, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def main() -> None:

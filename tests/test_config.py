@@ -70,6 +70,13 @@ def test_bad_literal_lists_choices(tmp_path):
         load_config(path)
 
 
+def test_bad_speed_settings_name_the_key(tmp_path):
+    with pytest.raises(KoeError, match=r"\[tts\] precision: .*'fp32', 'int8'"):
+        load_config(write(tmp_path, "[tts]\nprecision = 'int4'\n"))
+    with pytest.raises(KoeError, match=r"\[tts\] stream_first_chunk_tokens: .*4"):
+        load_config(write(tmp_path, "[tts]\nstream_first_chunk_tokens = 1\n"))
+
+
 def test_invalid_toml_and_missing_file(tmp_path):
     with pytest.raises(KoeError, match="not valid TOML"):
         load_config(write(tmp_path, "[asr\nmodel = 1"))

@@ -45,6 +45,17 @@ def periods_for(version: str) -> tuple[int, ...]:
     return PERIODS.get(version, PRO_PERIODS)
 
 
+def run_stack(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor) -> Output:
+    """leaky-ReLU conv layers then conv_post: (flattened score, every layer's output as features)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        features.append(x)
+    x = conv_post(x)
+    features.append(x)
+    return torch.flatten(x, 1), features
+
+
 class ScaleDiscriminator(nn.Module):
     """Strided grouped 1-D convolutions over the raw waveform [B, 1, N]."""
 
@@ -62,13 +73,7 @@ class ScaleDiscriminator(nn.Module):
         self.conv_post = with_weight_norm(nn.Conv1d(channels, 1, 3, 1, padding=1), True)
 
     def forward(self, x: torch.Tensor) -> Output:
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return torch.flatten(x, 1), features
+        return run_stack(self.convs, self.conv_post, x)
 
 
 class PeriodDiscriminator(nn.Module):
@@ -92,13 +97,7 @@ class PeriodDiscriminator(nn.Module):
         if n % self.period:  # reflect-pad to a whole number of periods
             x = F.pad(x, (0, self.period - n % self.period), mode="reflect")
         x = x.view(b, c, -1, self.period)  # [B, 1, N / p, p]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return torch.flatten(x, 1), features
+        return run_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import KoeConfig
+from agent.config import KoeConfig, is_loopback
 from agent.errors import KoeError
 
 log = logging.getLogger(__name__)
@@ -163,7 +162,7 @@ def run_tts_serve(args: argparse.Namespace, config: KoeConfig) -> int:
     models = resolve_models(args, config)
     log.info("loading %s and %s on %s", models.gpt.name, models.sovits.name, models.device)
     engine = load_pipeline(models, config)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         log.warning(
             "binding %s: anyone who can reach this port can make the server read files by path "
             "(ref_audio_path, weights_path); keep it on 127.0.0.1 unless you trust the network",
@@ -172,12 +171,3 @@ def run_tts_serve(args: argparse.Namespace, config: KoeConfig) -> int:
     log.info("GPT-SoVITS api_v2 server (version %s) on http://%s:%d", engine.version, host, port)
     uvicorn.Server(uvicorn.Config(create_app(engine), host=host, port=port, log_level="info")).run()
     return 0
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -22,14 +22,14 @@ from tts.models.onnx_graph import BuiltGraph, GraphBuilder, cpu_session, release
 log = logging.getLogger(__name__)
 
 
-def build_encoder_graph(model, weights: str) -> BuiltGraph:
+def build_encoder_graph(model) -> BuiltGraph:
     """The graph of a transformers `BertModel`'s encoder layers (post-norm, exact GELU, no mask)."""
     from onnx import TensorProto, helper
 
     config = model.config
     if config.hidden_act != "gelu":
         raise KoeError(f"the ONNX BERT path supports the exact GELU activation, not {config.hidden_act!r}")
-    g = GraphBuilder(weights)
+    g = GraphBuilder("fp32")
     hidden = config.hidden_size
     inputs = [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "tokens", hidden])]
     x = "hidden"
@@ -63,7 +63,7 @@ class OnnxBertEncoder:
 
     def __init__(self, model, threads: int | None = None):
         started = time.perf_counter()
-        graph = build_encoder_graph(model, "fp32")
+        graph = build_encoder_graph(model)
         release_parameters(model.encoder)
         self.session = cpu_session(graph, threads)
         log.info("BERT ONNX Runtime graph ready in %.1f s", time.perf_counter() - started)
