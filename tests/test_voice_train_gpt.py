@@ -15,7 +15,7 @@ import torch
 
 from agent.cli import main
 from agent.errors import KoeError
-from training.checkpoints import latest_checkpoint, load_checkpoint, prune, save_atomic
+from training.checkpoints import latest_checkpoint, load_checkpoint, prune
 from training.gpt_train import (
     CHECKPOINT_PATTERN,
     GPTTrainingModule,
@@ -34,6 +34,7 @@ from training.gpt_train import (
 )
 from training.scaled_adam import ScaledAdam
 from tts.models.t2s import T2SConfig, T2SModel
+from tts.weights import save_atomic
 from voice_helpers import ROOT, TINY_BERT, TINY_HUBERT, copy_experiment, prepared_experiment
 
 EXPORT_KEYS = json.loads((ROOT.parent / "shared" / "spec" / "gpt-sovits-export-keys.json").read_text())

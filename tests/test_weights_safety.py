@@ -206,3 +206,21 @@ def test_official_hparams_config_is_read_as_plain_dict(tmp_path, monkeypatch):
     path.write_bytes(_torch_bytes(_sovits_like(config)))
     monkeypatch.delitem(sys.modules, "utils")  # reading must not need the class
     assert read_sovits(path).config == {"model": {"version": "v2"}, "name": "voice"}
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_no_partial_named_like_weights(tmp_path):
+    import torch
+
+    from tts.weights import save_atomic
+
+    target = tmp_path / "voice-e1.ckpt"
+    save_atomic({"weight": torch.ones(2)}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_atomic({"weight": Unpicklable()}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["weight"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["voice-e1.ckpt"]  # the partial file is gone

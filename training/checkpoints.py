@@ -2,57 +2,22 @@
 
 A checkpoint is written to a hidden temporary file in the target folder, flushed to disk and then
 renamed over the final name, so a run killed at any moment leaves either the previous complete file
-or the new complete file, never a truncated one. Both trainers (GPT and SoVITS) use these helpers.
+or the new complete file, never a truncated one (`tts.weights.save_atomic`, which the exported
+weight files use too). Both trainers (GPT and SoVITS) use these helpers.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from agent.errors import KoeError
+from tts.weights import PARTIAL_PREFIX
 
-TEMP_PREFIX = ".partial-"  # in-progress writes; ignored by `latest_checkpoint`, removed by `prune`
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save(obj)` to `path` atomically (temporary file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+TEMP_PREFIX = PARTIAL_PREFIX  # in-progress writes; ignored by `latest_checkpoint`, removed by `prune`
 
 
 def checkpoints(folder: str | os.PathLike, pattern: str) -> list[tuple[tuple[int, ...], Path]]:
@@ -91,7 +56,7 @@ def prune(folder: str | os.PathLike, pattern: str, keep: int) -> list[Path]:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by `save_atomic` (tensors and plain containers only)."""
+    """Read a checkpoint written by `tts.weights.save_atomic` (tensors and plain containers only)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

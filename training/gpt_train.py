@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from agent.errors import KoeError
-from training.checkpoints import latest_checkpoint, load_checkpoint, prune, save_atomic
+from training.checkpoints import latest_checkpoint, load_checkpoint, prune
 from training.prepare import BERT_DIR, NAME2SEMANTIC, NAME2TEXT, read_name2semantic, read_name2text
 from tts.models.t2s import BERT_DIM, T2SModel, prefill_mask, top_k_accuracy
+from tts.weights import save_atomic
 
 log = logging.getLogger("koe.voice.gpt")
 

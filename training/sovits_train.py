@@ -37,13 +37,13 @@ from torch.utils.data import DataLoader
 
 from agent.errors import KoeError
 from training import losses
-from training.checkpoints import checkpoints, load_checkpoint, prune, save_atomic
+from training.checkpoints import checkpoints, load_checkpoint, prune
 from training.discriminator import MultiPeriodDiscriminator, discriminator_for
 from training.sovits_data import BucketBatchSampler, SoVITSDataset, collate
 from training.sovits_forward import GeneratorOutput, generator_forward, slice_windows
 from tts.models.sovits import SynthesizerTrn
 from tts.spectrogram import mel_spectrogram, spec_to_log_mel
-from tts.weights import read_checkpoint
+from tts.weights import read_checkpoint, save_atomic
 from tts.weights.sovits import POSTERIOR_PREFIX, config_from_file, read_sovits
 
 log = logging.getLogger("koe.voice.sovits")

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -226,3 +229,50 @@ def read_state_dict(path: str | Path, missing: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise KoeError(f"{path}: expected a plain state dict (name -> tensor), got {type(state).__name__}")
     return state
+
+
+PARTIAL_PREFIX = ".partial-"  # in-progress writes; never ends in .ckpt/.pth, so no loader lists it
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically: a hidden temporary file in the same folder, flushed to disk,
+    then renamed over `path`. A process killed at any moment leaves the old file or the new one."""
+    return _replace_atomically(Path(path), lambda f: f.write(data))
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save(obj)` to `path` atomically (see `write_atomic`), streamed to the file."""
+    return _replace_atomically(Path(path), lambda f: torch.save(obj, f))
+
+
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -9,7 +9,6 @@ requested dtype on load.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from agent.errors import KoeError
 from tts.models.t2s import T2SConfig, T2SModel
-from tts.weights import classify, expect_kind, read_checkpoint
+from tts.weights import classify, expect_kind, read_checkpoint, save_atomic
 
 PREFIX = "model."
 # Keys only a T2S state dict has (without the prefix): such a file gets the strict GPT key check.
@@ -120,8 +119,7 @@ def save_gpt(
     """Write `model` as the official exporter does: fp16 weights with the `model.` prefix, config, info.
 
     `config` is the full training config dict (its `model` section must describe `model`); without
-    one, a minimal config with the `model` and `data.max_sec` sections is written. The file is
-    written next to `path` first and then moved into place.
+    one, a minimal config with the `model` and `data.max_sec` sections is written, atomically.
     """
     path = Path(path)
     if config is None:
@@ -136,12 +134,4 @@ def save_gpt(
         (PREFIX + k, v.detach().to("cpu", torch.float16)) for k, v in model.state_dict().items()
     )
     checkpoint = OrderedDict([("weight", weight), ("config", config), ("info", info)])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".ckpt")
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_atomic(checkpoint, path)

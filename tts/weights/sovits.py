@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from torch import nn
 
 from agent.errors import KoeError
 from tts.models.sovits import SoVITSConfig, SynthesizerTrn, SynthesizerTrnV3
-from tts.weights import ZIP_MAGIC, classify, expect_kind, plain_config, read_checkpoint
+from tts.weights import ZIP_MAGIC, classify, expect_kind, plain_config, read_checkpoint, write_atomic
 
 POSTERIOR_PREFIX = "enc_q."  # training-only posterior encoder: dropped by the exporter and at load
 WRITE_HEADERS = {"v2Pro": b"05", "v2ProPlus": b"06"}  # v1 / v2 files stay plain zips
@@ -211,7 +210,4 @@ def save_sovits(
     data = buffer.getvalue()
     assert data[:2] == ZIP_MAGIC
     data = WRITE_HEADERS.get(version, ZIP_MAGIC) + data[2:]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
