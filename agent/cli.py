@@ -85,7 +85,18 @@ def setup_logging(verbose: bool, level: str = "info") -> None:
         handlers=[RichHandler(show_path=False, rich_tracebacks=True, console=_stderr_console())],
         force=True,
     )
-    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "urllib3", "filelock", "numba", "jieba", "matplotlib", "faster_whisper"):
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "httpx2",
+        "httpcore2",
+        "urllib3",
+        "filelock",
+        "numba",
+        "jieba",
+        "matplotlib",
+        "faster_whisper",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -130,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("koe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `koe config show | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout at exit
+        return 1
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ PACKAGES = (
 )
 
 
+# `koe models download` without names: what `koe chat` with the default (English) character needs.
+DEFAULT_DOWNLOAD = ("gsv-v2", "chinese-hubert-base", "chinese-roberta-wwm-ext-large", "nltk-data")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     doctor = subparsers.add_parser("doctor", help="check the installation, devices, models and LLM endpoint")
     doctor.set_defaults(handler=run_doctor)
@@ -60,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing = models_sub.add_parser("list", help="every component: present / missing, size")
     listing.add_argument("--json", action="store_true", help="one JSON object per component")
     listing.set_defaults(handler=run_models_list)
-    download = models_sub.add_parser("download", help="download components (default: the v2 base voice)")
+    download = models_sub.add_parser(
+        "download", help=f"download components (default: {', '.join(DEFAULT_DOWNLOAD)})"
+    )
     download.add_argument("names", nargs="*", metavar="NAME", help="components (see `koe models list`)")
     download.add_argument("--force", action="store_true", help="download again even when present")
     download.set_defaults(handler=run_models_download)
@@ -93,6 +99,8 @@ def run_doctor(args: argparse.Namespace, config: KoeConfig) -> int:
             table.add_row(f"model {name}", "[green]present[/]", _human(status.size_bytes))
         elif "tts" in status.component.tags or name == f"faster-whisper-{config.asr.model}":
             table.add_row(f"model {name}", "[yellow]missing[/]", f"koe models download {name}")
+    for row in _frontend_data():
+        table.add_row(*row)
     table.add_row("LLM endpoint", *_llm_status(config))
     console.print(table)
     return 0
@@ -121,6 +129,28 @@ def _audio_devices() -> list[tuple[str, str, str]]:
         ("audio inputs", str(len(inputs)) if inputs else "[yellow]none[/]", ", ".join(inputs)),
         ("audio outputs", str(len(outputs)) if outputs else "[yellow]none[/]", ", ".join(outputs)),
     ]
+
+
+def _frontend_data() -> list[tuple[str, str, str]]:
+    """The text-frontend data that is not a pip package: NLTK data (English, Korean), Open JTalk (Japanese)."""
+    rows = []
+    try:
+        from tts.text.english import require_nltk_data
+
+        require_nltk_data("taggers/averaged_perceptron_tagger_eng/", "English POS tagger")
+        require_nltk_data("corpora/cmudict", "Korean English words")
+        rows.append(("NLTK data", "[green]present[/]", "English tagger, cmudict"))
+    except ModuleNotFoundError:
+        rows.append(("NLTK data", "[yellow]nltk not installed[/]", "pip install 'koe[en]'"))
+    except KoeError:
+        rows.append(("NLTK data", "[yellow]missing[/]", "koe models download nltk-data"))
+    from tts.text.japanese import dictionary_dir
+
+    try:
+        rows.append(("Open JTalk dictionary", "[green]present[/]", str(dictionary_dir())))
+    except KoeError:
+        rows.append(("Open JTalk dictionary", "[yellow]missing[/]", "koe models download open-jtalk-dict"))
+    return rows
 
 
 def _llm_status(config: KoeConfig) -> tuple[str, str]:
@@ -221,7 +251,7 @@ def run_models_list(args: argparse.Namespace, config: KoeConfig) -> int:
 
 def run_models_download(args: argparse.Namespace, config: KoeConfig) -> int:
     manager = ModelManager(config.models.dir)
-    names = args.names or ["gsv-v2", "chinese-hubert-base", "chinese-roberta-wwm-ext-large"]
+    names = args.names or list(DEFAULT_DOWNLOAD)
     for name in names:
         manager.component(name)  # unknown names fail before anything downloads
     for name in names:

@@ -186,6 +186,8 @@ def needed_models(config: KoeConfig, character: Character | None, listens: bool)
         languages = {character.language} | {character.reference(tag).language for tag in character.tags}
         if languages & CHINESE_LANGUAGES:
             names.append("chinese-roberta-wwm-ext-large")
+        if not _nltk_data_found():  # every character language reads English words with it
+            names.append("nltk-data")
         weights = {character.voice.gpt_weights, character.voice.sovits_weights}
         for name, component in manager.components.items():  # the download that provides the weights
             if weights & set(manager.expected_paths(component)):
@@ -196,6 +198,17 @@ def needed_models(config: KoeConfig, character: Character | None, listens: bool)
         if not Path(config.asr.model).expanduser().is_dir():  # a size name, not a model folder
             names.append(f"{MODEL_FOLDER_PREFIX}{config.asr.model}")
     return [name for name in dict.fromkeys(names) if name in manager.components]
+
+
+def _nltk_data_found() -> bool:
+    """Whether NLTK finds the English tagger (NLTK_DATA, the models folder or its default folders)."""
+    from tts.text.english import require_nltk_data
+
+    try:
+        require_nltk_data("taggers/averaged_perceptron_tagger_eng/", "the English POS tagger")
+    except (KoeError, ImportError):
+        return False
+    return True
 
 
 def check_models(config: KoeConfig, character: Character | None, listens: bool) -> Missing | None:

@@ -13,6 +13,7 @@ Hugging Face downloads use `huggingface_hub` (resume, progress bars, `HF_ENDPOIN
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -240,7 +241,6 @@ class ModelManager:
             log.info("%s: already present", component.name)
             return
         staging = self.models_dir / STAGING_NAME / component.name
-        staging.mkdir(parents=True, exist_ok=True)
         part = staging / (Path(component.url).name + ".part")
         download_url(component.url, part)
         digest = file_sha256(part)
@@ -252,7 +252,14 @@ class ModelManager:
             )
         unpacked = staging / "unpacked"
         shutil.rmtree(unpacked, ignore_errors=True)
-        extract_archive(part, unpacked, component.archive)
+        try:
+            extract_archive(part, unpacked, component.archive)
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise KoeError(
+                f"{component.name}: downloaded archive {part.name.removesuffix('.part')} cannot be unpacked "
+                f"({exc}); it was deleted, run the download again"
+            ) from None
         # An archive holding a single top-level folder is flattened into dest.
         entries = list(unpacked.iterdir())
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
@@ -271,8 +278,17 @@ class ModelManager:
         dest = self.models_dir / (component.dest or component.name)
         if (dest / COMPLETE_MARKER).is_file() and not force:
             return
+        if _offline():
+            raise KoeError(
+                f"{component.name}: cannot download NLTK data {', '.join(component.packages)}: "
+                f"HF_HUB_OFFLINE is set (offline mode); unset it, or copy an nltk_data folder to {dest}"
+            )
         for package in component.packages:
-            if not nltk.download(package, download_dir=str(dest), quiet=False, raise_on_error=True):
+            try:
+                downloaded = nltk.download(package, download_dir=str(dest), quiet=False, raise_on_error=True)
+            except (ValueError, OSError) as exc:  # nltk reports network failures as ValueError
+                raise KoeError(f"{component.name}: nltk could not download {package!r}: {exc}") from None
+            if not downloaded:
                 raise KoeError(f"{component.name}: nltk could not download {package!r}")
         (dest / COMPLETE_MARKER).write_text(json.dumps({"packages": list(component.packages)}))
 
@@ -335,6 +351,7 @@ def download_url(url: str, part: Path, retries: int = 3) -> None:
 
     if _offline():
         raise KoeError(f"cannot download {url}: HF_HUB_OFFLINE is set (offline mode)")
+    part.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
         have = part.stat().st_size if part.exists() else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -342,7 +359,9 @@ def download_url(url: str, part: Path, retries: int = 3) -> None:
             with urllib.request.urlopen(request, timeout=30) as response:
                 if have and response.status != 206:
                     have = 0  # the server ignored the range: start over
-                total = int(response.headers.get("Content-Length", 0)) + have or None
+                announced = int(response.headers.get("Content-Length", 0)) or None
+                total = announced + have if announced else None
+                received = 0
                 with (
                     open(part, "ab" if have else "wb") as out,
                     tqdm(
@@ -355,13 +374,16 @@ def download_url(url: str, part: Path, retries: int = 3) -> None:
                 ):
                     while chunk := response.read(CHUNK):
                         out.write(chunk)
+                        received += len(chunk)
                         bar.update(len(chunk))
+            if announced is not None and received < announced:  # urllib ends a cut body without error
+                raise ConnectionError(f"connection closed after {received} of {announced} bytes")
             return
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # already complete
                 return
             raise KoeError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, ConnectionError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             if attempt == retries:
                 raise KoeError(f"download of {url} failed after {retries + 1} tries: {exc}") from None
             log.warning("download of %s interrupted (%s); resuming", url, exc)

@@ -1,8 +1,9 @@
 """A small HTTP server on 127.0.0.1 that serves files in the Hugging Face hub's URL layout.
 
 `GET/HEAD /{owner}/{repo}/resolve/{revision}/{path}` with the headers huggingface_hub reads
-(X-Repo-Commit, ETag, Content-Length), Range requests (206), and injectable faults: cut a transfer
-after N bytes once, or serve different bytes than announced. Point HF_ENDPOINT at `hub.url`.
+(X-Repo-Commit, ETag, Content-Length), plain URL paths (`static`, for archive downloads), Range
+requests (206) on both, and an injectable fault: cut a transfer after N bytes once. Point
+HF_ENDPOINT at `hub.url`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class LoopbackHub:
     def __init__(self):
         self.files: dict[tuple[str, str], bytes] = {}
         self.static: dict[str, bytes] = {}  # plain URL path -> bytes (archives for source = "url")
-        self.cut_after: dict[str, int] = {}  # path -> bytes sent before the first GET is cut
+        self.cut_after: dict[str, int] = {}  # repo file path or static URL path -> bytes sent before the cut
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -62,12 +63,7 @@ class LoopbackHub:
                 range_header = self.headers.get("Range")
                 hub.requests.append((self.command, self.path, range_header))
                 if self.path in hub.static:
-                    data = hub.static[self.path]
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    if body:
-                        self.wfile.write(data)
+                    self._send(hub.static[self.path], self.path, range_header, body)
                     return
                 if not match or (match["repo"], match["path"]) not in hub.files:
                     self.send_response(404)
@@ -75,7 +71,9 @@ class LoopbackHub:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                data = hub.files[(match["repo"], match["path"])]
+                self._send(hub.files[(match["repo"], match["path"])], match["path"], range_header, body)
+
+            def _send(self, data: bytes, key: str, range_header: str | None, body: bool):
                 start = 0
                 if range_header:
                     start = int(re.match(r"bytes=(\d+)-", range_header).group(1))
@@ -83,14 +81,14 @@ class LoopbackHub:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 else:
                     self.send_response(200)
-                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("X-Repo-Commit", COMMIT)  # harmless on plain URLs
                 self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
                 self.send_header("Content-Length", str(len(data) - start))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
                 if not body:
                     return
-                cut = hub.cut_after.pop(match["path"], None) if not range_header else None
+                cut = hub.cut_after.pop(key, None) if not range_header else None
                 if cut is not None:
                     self.wfile.write(data[start : start + cut])
                     self.wfile.flush()

@@ -377,3 +377,21 @@ def test_ctrl_c_at_the_prompt_leaves_at_once_and_the_conversation_is_saved(tmp_p
     assert [(m["role"], m["text"]) for m in history_messages(tmp_path)] == [
         ("user", "Hi"), ("assistant", "You said: Hi."),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("language", ["en", "ja"])
+def test_a_voice_needs_the_nltk_data_in_every_language_since_each_meets_english_words(
+    tmp_path, monkeypatch, language
+):
+    import nltk
+
+    from agent.character import Character
+    from agent.config import KoeConfig
+    from agent.first_run import needed_models
+
+    voice = {"gpt_weights": "a.ckpt", "sovits_weights": "b.pth", "ref_audio": "c.wav"}
+    character = Character(name="Mio", persona="A guide.", language=language, voice=voice)
+    config = KoeConfig.model_validate({"models": {"dir": str(tmp_path)}})
+    assert "nltk-data" not in needed_models(config, character, listens=False)  # the test NLTK data is found
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "no-nltk-data")])
+    assert "nltk-data" in needed_models(config, character, listens=False)

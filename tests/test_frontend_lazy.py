@@ -53,3 +53,23 @@ def test_resources_are_cached_between_calls() -> None:
 
     assert language_module("english") is language_module("english")
     assert _splitter(None) is _splitter(None)
+
+
+# Korean in a fresh process, with the unzipped NLTK corpus of the test data (no cmudict.zip).
+NO_DOWNLOAD_PROBE = """
+import nltk
+calls = []
+nltk.download = lambda *args, **kwargs: calls.append(args) or False
+from tts.text import TextFrontend
+phones = TextFrontend().phones("안녕하세요, 만나서 반갑습니다.", "all_ko", "v2").phones
+print(len(phones), calls)
+"""
+
+
+def test_korean_never_tries_to_download_nltk_data() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", NO_DOWNLOAD_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    count, calls = out.stdout.split(maxsplit=1)
+    assert int(count) > 10 and calls.strip() == "[]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -201,3 +202,73 @@ dest = "dic"
         folder / "unk.dic"
     ).read_bytes() == b"unknown"
     assert not (models / ".staging" / "dict").exists()
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def write_archive_manifest(models: Path, url: str, sha256: str | None) -> None:
+    models.mkdir(parents=True, exist_ok=True)
+    sha_line = f'sha256 = "{sha256}"' if sha256 else ""
+    (models / "manifest.toml").write_text(
+        f'[dict]\ndescription = "a dictionary"\nsource = "url"\nurl = "{url}"\narchive = "tar.gz"\n'
+        f'dest = "dic"\n{sha_line}\n'
+    )
+
+
+def test_archive_download_resumes_after_a_cut(tmp_path, hub, monkeypatch):
+    # Random bytes do not compress: the archive spans several 1 MB chunks and the cut is mid-body.
+    archive = tar_gz({"dic-1.0/sys.dic": PAYLOAD})
+    hub.static["/dl/dic-1.0.tar.gz"] = archive
+    hub.cut_after["/dl/dic-1.0.tar.gz"] = len(archive) // 2
+    models = tmp_path / "m"
+    write_archive_manifest(models, f"{hub.url}/dl/dic-1.0.tar.gz", hashlib.sha256(archive).hexdigest())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    ModelManager(models).download("dict")
+    assert (models / "dic" / "sys.dic").read_bytes() == PAYLOAD
+    ranges = [r for method, _, r in hub.requests if method == "GET" and r]
+    assert ranges == [f"bytes={len(archive) // 2}-"], hub.requests  # resumed where the cut was
+    assert not (models / ".staging" / "dict").exists()
+
+
+def test_archive_checksum_mismatch_leaves_nothing(tmp_path, hub, monkeypatch):
+    hub.static["/dl/dic-1.0.tar.gz"] = tar_gz({"dic-1.0/sys.dic": b"dictionary"})
+    models = tmp_path / "m"
+    write_archive_manifest(models, f"{hub.url}/dl/dic-1.0.tar.gz", "0" * 64)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(KoeError, match=r"dict: downloaded archive is corrupt \(sha256 .* != expected 0+\)"):
+        ModelManager(models).download("dict")
+    assert not (models / "dic").exists()
+    assert not list((models / ".staging").rglob("*.part"))
+
+
+def test_broken_archive_is_reported_and_deleted(tmp_path, hub, monkeypatch):
+    hub.static["/dl/dic-1.0.tar.gz"] = b"<html>not an archive</html>"  # e.g. a captive portal page
+    models = tmp_path / "m"
+    write_archive_manifest(models, f"{hub.url}/dl/dic-1.0.tar.gz", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(KoeError, match="dic-1.0.tar.gz cannot be unpacked .*run the download again"):
+        ModelManager(models).download("dict")
+    assert not (models / "dic").exists() and not (models / ".staging" / "dict").exists()
+
+
+def test_nltk_data_offline_gives_clear_error(tmp_path):
+    models = tmp_path / "m"
+    models.mkdir()
+    (models / "manifest.toml").write_text(
+        '[words]\ndescription = "NLTK data"\nsource = "nltk"\npackages = ["cmudict"]\ndest = "nltk_data"\n'
+    )
+    # tests run with HF_HUB_OFFLINE=1 (conftest): nltk must not even try its download server
+    with pytest.raises(KoeError, match=r"words: cannot download NLTK data cmudict: HF_HUB_OFFLINE is set"):
+        ModelManager(models).download("words")
+    assert not (models / "nltk_data").exists()

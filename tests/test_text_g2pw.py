@@ -87,9 +87,22 @@ def test_chinese_g2p_uses_g2pw_readings(g2pw: G2PW) -> None:
 
 
 def test_missing_model_files_are_named(tmp_path: Path) -> None:
-    frontend = TextFrontend(use_g2pw=True, g2pw_dir=tmp_path, bert_dir=tmp_path)
-    with pytest.raises(KoeError, match="g2pW.onnx, POLYPHONIC_CHARS.txt, MONOPHONIC_CHARS.txt"):
-        frontend.phones("银行的行长走在人行道上。", "all_zh", "v2")
+    with pytest.raises(
+        KoeError, match="g2pW.onnx, POLYPHONIC_CHARS.txt, MONOPHONIC_CHARS.txt.*koe models download g2pw"
+    ):
+        G2PW(tmp_path, tokenizer_dir=tmp_path)
+
+
+@pytest.mark.parametrize("folder", ["empty", None])
+def test_enabled_g2pw_without_files_falls_back_to_pypinyin(tmp_path: Path, caplog, folder) -> None:
+    text = "银行的行长走在人行道上。"
+    frontend = TextFrontend(use_g2pw=True, g2pw_dir=tmp_path if folder else None, bert_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="tts.text.frontend"):
+        result = frontend.phones(text, "all_zh", "v2")
+        frontend.phones(text, "all_zh", "v2")
+    assert result.phone_ids == TextFrontend().phones(text, "all_zh", "v2").phone_ids
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "koe models download g2pw" in warnings[0] and "pypinyin" in warnings[0]
 
 
 def test_v1_voices_never_use_g2pw(tmp_path: Path) -> None:

@@ -194,6 +194,36 @@ def test_english_huge_number_is_read_digit_by_digit():
     assert english.normalize("9" * 80) == " ".join(["nine"] * 80)
 
 
+# ------------------------------------------------------------------ language modes (spec §3.1)
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "labels"),
+    [
+        ("zh", "我用iPhone拍照。", ["zh", "en", "zh"]),
+        ("yue", "我哋用iPhone影相。", ["yue", "en", "yue"]),
+        ("ja", "東京でiPhoneを買った。", ["ja", "en", "ja"]),
+        ("ko", "오늘 iPhone 샀어요.", ["ko", "en", "ko"]),
+        ("all_yue", "我哋用iPhone影相。", ["yue", "en", "yue"]),
+        ("auto_yue", "今日天氣好好。", ["yue"]),
+    ],
+)
+def test_mixed_modes_keep_english_and_label_the_rest_with_the_mode(mode: str, text: str, labels: list[str]):
+    from tts.text.frontend import TextFrontend
+
+    result = TextFrontend().phones(text, mode, "v2")
+    assert [seg.lang for seg in result.segments] == labels
+    assert all(seg.phones for seg in result.segments) and result.phone_ids
+
+
+def test_mixed_mode_reads_other_scripts_as_the_mode_language():
+    """Mode `ja` reads Chinese as Japanese; every non-English run gets the mode's label."""
+    from tts.text.frontend import TextFrontend
+
+    result = TextFrontend().phones("今天天气很好。", "ja", "v2")
+    assert [seg.lang for seg in result.segments] == ["ja"] and result.word2ph is None
+
+
 # ---------------------------------------------------------------------------- missing data
 
 

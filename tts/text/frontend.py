@@ -87,8 +87,8 @@ class TextFrontend:
     """Holds the optional heavy parts (BERT, g2pW); languages load their resources on first use.
 
     bert_dir: folder of chinese-roberta-wwm-ext-large; needed only by `phones_and_bert` on Chinese.
-    g2pw_dir: folder with the g2pW ONNX model; used when use_g2pw is true (official default is on,
-    the parity fixtures were made with it off).
+    g2pw_dir: folder with the g2pW ONNX model; used when use_g2pw is true and its files are there,
+    else pypinyin (official default is on, the parity fixtures were made with it off).
     detector_dir: folder that may hold fastText `lid.176.bin` for language ID (else the bundled small one).
     """
 
@@ -129,14 +129,22 @@ class TextFrontend:
 
     @cached_property
     def _polyphones(self):
-        """The g2pW model when enabled, else None (pypinyin readings)."""
+        """The g2pW model when enabled and its files are present, else None (pypinyin readings).
+
+        An enabled g2pW whose files are missing falls back to pypinyin with one warning that names
+        the missing files and the download command (the voice still speaks, polyphones may differ).
+        """
         if not self.use_g2pw:
             return None
         from tts.text.g2pw import G2PW
 
-        if self.g2pw_dir is None:
-            raise KoeError("g2pW is enabled but no model folder is set; set the g2pW folder or turn g2pW off")
-        return G2PW(self.g2pw_dir, tokenizer_dir=self.bert_dir)
+        try:
+            if self.g2pw_dir is None:
+                raise KoeError("no g2pW model folder is set; fetch it with `koe models download g2pw`")
+            return G2PW(self.g2pw_dir, tokenizer_dir=self.bert_dir)
+        except KoeError as exc:
+            log.warning("g2pW is on but cannot be used: %s. Chinese polyphones are read with pypinyin.", exc)
+            return None
 
     def _chinese(self, version: str) -> ChineseG2P:
         # v1 voices never use g2pW and have no erhua step.

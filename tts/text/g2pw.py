@@ -77,8 +77,9 @@ class G2PW:
             missing.insert(0, "g2pW.onnx")
         if missing:
             raise KoeError(
-                f"g2pW model folder {model_dir} lacks {', '.join(missing)}; put the official G2PWModel "
-                "files there or turn g2pW off (pypinyin readings are used then)"
+                f"g2pW model folder {model_dir} lacks {', '.join(missing)}; fetch it with "
+                "`koe models download g2pw` (or copy the official G2PWModel folder there), or turn g2pW "
+                "off ([tts] g2pw = false: pypinyin readings)"
             )
         if tokenizer_dir is None or not Path(tokenizer_dir).is_dir():
             raise KoeError(

@@ -64,6 +64,21 @@ _lock = threading.Lock()
 _converter = None
 
 
+@contextlib.contextmanager
+def _no_nltk_download():
+    """g2pk2's import calls `nltk.download("cmudict")` unless `corpora/cmudict.zip` exists, even when
+    the unzipped corpus is there: a network access in the middle of a conversation. The corpus was
+    checked just before, so the call is turned into a no-op while g2pk2 is imported."""
+    import nltk
+
+    real = nltk.download
+    nltk.download = lambda *args, **kwargs: True
+    try:
+        yield
+    finally:
+        nltk.download = real
+
+
 def _g2pk():
     """g2pk2's converter, built on first use, once; a clear error if its data is missing."""
     global _converter
@@ -73,7 +88,9 @@ def _g2pk():
             try:
                 import jamo  # noqa: F401  (used by g2p)
                 import mecab  # noqa: F401  (python-mecab-ko; present, so g2pk2 will not try to pip-install it)
-                from g2pk2 import G2p
+
+                with _no_nltk_download():
+                    from g2pk2 import G2p
             except ModuleNotFoundError as exc:
                 raise KoeError(f"the Korean frontend needs {exc.name}: pip install 'koe[ko]'") from None
             with contextlib.redirect_stdout(io.StringIO()):  # g2pk2 prints "mecab installed"
