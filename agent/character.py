@@ -101,6 +101,10 @@ class Character(_Strict):
             audio=voice.ref_audio, text=voice.ref_text, language=voice.ref_language or self.language
         )
 
+    def emotion_clips(self) -> tuple[Path, ...]:
+        """The emotions' own reference clips (the voice's clip is not among them)."""
+        return tuple(e.ref_audio for e in self.emotions.values() if e.ref_audio is not None)
+
     def files(self) -> dict[str, Path]:
         """Every file the character needs, by the key that names it."""
         found = {

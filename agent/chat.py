@@ -203,7 +203,9 @@ class Chat:
         )  # fmt: skip
         self.view.note(f"loading the voice of {self.character.name}...")
         started = time.perf_counter()
-        engine = TtsEngine.load(spec, self.config.models.dir, self.config.tts)
+        engine = TtsEngine.load(
+            spec, self.config.models.dir, self.config.tts, clips=self.character.emotion_clips()
+        )
         self.view.note(f"voice ready in {time.perf_counter() - started:.1f} s")
         return engine
 

@@ -103,6 +103,7 @@ class TtsConfig(Section):
     stream_chunk_tokens: int = Field(16, ge=4)  # token-chunk streaming inside a sentence
     stream_first_chunk_tokens: int = Field(8, ge=4)  # a shorter first chunk: first audio sooner
     g2pw: bool = False  # Chinese polyphone model (needs `koe models download g2pw`)
+    keep_hubert: bool = False  # keep HuBERT (~380 MB) loaded after the voice's clips are prepared
     cache_dir: Path | None = None  # reference-feature cache; None = <models.dir>/cache
 
 

@@ -25,6 +25,7 @@ COLUMNS = {
     "sovits_ms": ("SoVITS 4 s ms", "{:.0f}"),
     "rtf": ("engine RTF", "{:.2f}"),
     "first_audio_ms": ("first audio ms", "{:.0f}"),
+    "resident_mb": ("resident MB", "{:.0f}"),
     "memory_mb": ("peak RSS MB", "{:.0f}"),
 }
 SPEECH_S = 4.0  # 100 tokens at 25 tokens/s
@@ -71,6 +72,7 @@ def pool(results: list[dict], drop: float) -> dict:
     out.update({key: median(values) for key, values in figures.items()})
     if "t2s_ms" in out and "sovits_ms" in out:  # T2S and SoVITS are timed in separate runs
         out["rtf"] = (out["t2s_ms"] + out["sovits_ms"]) / 1000 / SPEECH_S
+    out["resident_mb"] = median([r.get("rss_engine_mb") for r in results])  # loaded voice, after the runs
     out["memory_mb"] = median([r.get("rss_engine_peak_mb") for r in results])
     return out
 

@@ -3,8 +3,12 @@
 `TtsEngine.synthesize(text)` never blocks the event loop: the pipeline runs in one worker thread and
 hands its pieces over as they are made. Streaming happens at two levels, as in the official code:
 sentence by sentence (`stream="sentence"`, the official `return_fragment`) and token chunks inside a
-sentence (`stream="tokens"`, the official `streaming_mode`). Leaving the generator early (or
-`cancel()`) stops the work within one decoder step.
+sentence (`stream="tokens"`, the official `streaming_mode`, chunks spliced by SOLA). Leaving the
+generator early (or `cancel()`) stops the work within one decoder step.
+
+Join tolerance: with the same seed the streamed chunks carry the same tokens as a one-shot run, so
+joined they have its length and its loudness envelope (RMS over 20 ms windows, correlation >= 0.99);
+the samples themselves differ, because each SoVITS decode call draws its own noise, as officially.
 """
 
 from __future__ import annotations
@@ -111,8 +115,10 @@ class TtsEngine:
         models_dir: Path,
         settings: TtsConfig | None = None,
         device: str = "cpu",
+        clips: tuple[Path, ...] = (),
     ) -> TtsEngine:
-        """Load the voice's weights plus HuBERT, BERT (and the speaker model) from the models folder.
+        """Load the voice's weights plus HuBERT, BERT (and the speaker model) from the models folder,
+        and prepare the reference features of its clip and of `clips` (other clips it will speak with).
 
         With `[tts] backend = "api_v2"` nothing is loaded: an existing GPT-SoVITS api_v2 server (or
         `koe tts-serve`) at `[tts] api_v2_url` synthesizes, with this voice's files given by path.
@@ -136,7 +142,24 @@ class TtsEngine:
             cache_dir=settings.cache_dir, sv_path=sv_path if sv_path.is_file() else None,
             use_g2pw=settings.g2pw, g2pw_dir=models_dir / "G2PWModel", precision=settings.precision,
         )  # fmt: skip
-        return cls(pipeline, voice, settings)
+        engine = cls(pipeline, voice, settings)
+        engine.prepare(clips)
+        return engine
+
+    def prepare(self, clips: tuple[Path, ...] = ()) -> None:
+        """Compute the reference features of the voice's clips (and of `clips`, e.g. emotion clips) now
+        rather than during the first reply, then release HuBERT unless `[tts] keep_hubert`: a
+        conversation knows its clips up front, and a new clip later loads HuBERT again."""
+        if not isinstance(self.pipeline, TTSPipeline):  # a remote api_v2 server prepares its own
+            return
+        started = time.perf_counter()
+        references = self.pipeline.references
+        references.prepare(self.voice.ref_audio, self.voice.aux_refs)
+        for clip in clips:
+            references.prepare(clip)
+        if not self.settings.keep_hubert:
+            self.pipeline.hubert.release()
+        log.info("reference clips prepared in %.2f s", time.perf_counter() - started)
 
     @property
     def sample_rate(self) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from agent.errors import KoeError
+from tts.memory import release_memory
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ class HubertEncoder:
     """HuBERT from a model folder; call it with a 16 kHz waveform to get [1, 768, frames].
 
     The weights load on the first call: a voice whose reference features are cached never needs them
-    (about 380 MB less resident memory).
+    (about 380 MB less resident memory). `release` drops them again once a voice's clips are prepared;
+    a later new clip loads them anew.
     """
 
     def __init__(
@@ -55,6 +57,18 @@ class HubertEncoder:
             self._model = model.to(self.device).eval()
             log.info("HuBERT loaded in %.1f s", time.perf_counter() - started)
         return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def release(self) -> None:
+        """Drop the weights (they load again on the next call) and hand the memory back to the system."""
+        if self._model is None:
+            return
+        self._model = None
+        release_memory()
+        log.info("HuBERT released (it loads again for a new reference clip)")
 
     @torch.inference_mode()
     def __call__(self, wav16k: torch.Tensor) -> torch.Tensor:

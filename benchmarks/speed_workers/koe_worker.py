@@ -87,6 +87,7 @@ def main() -> None:
     rec.result["versions"] = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     ref = str(models / "ref5s.wav")
     pipeline.prepare_reference(ref)  # reference cached (HuBERT loaded and run), as in a conversation
+    pipeline.hubert.release()  # as `TtsEngine` does once a voice's clips are prepared ([tts] keep_hubert)
     spec = pipeline.references.style(ref).spec  # [1, 1025, frames] of the 5 s reference
 
     x = W.inputs()

@@ -166,12 +166,12 @@ class Recorder:
         self.result["rss_loaded_mb"] = rss_mb()[0]
 
     def measure_engine(self, t2s, sovits, first_audio=None) -> None:
-        """The engine-level figures every worker reports, then the engine's peak memory."""
+        """The engine-level figures every worker reports, then the engine's resident and peak memory."""
         self.measure("t2s", t2s)
         self.measure("sovits", sovits)
         if first_audio is not None:
             self.measure("stream", first_audio)
-        self.result["rss_engine_peak_mb"] = rss_mb()[1]
+        self.result["rss_engine_mb"], self.result["rss_engine_peak_mb"] = rss_mb()
 
     def emit(self) -> None:
         self.result["rss_end_mb"], self.result["rss_peak_mb"] = rss_mb()

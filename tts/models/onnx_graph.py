@@ -11,14 +11,13 @@ block-quantized codes (`MatMulNBits`: a quarter of the bytes, int8 dot products)
 
 from __future__ import annotations
 
-import ctypes
-import gc
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from agent.errors import KoeError
+from tts.memory import release_memory
 
 QUANT_BLOCK = 32  # weights per int8 scale (along the input dimension)
 ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
@@ -160,16 +159,7 @@ def release_parameters(module: torch.nn.Module) -> None:
     the freed pages back to the system. Arrays a `GraphBuilder` still shares stay until it is done."""
     for parameter in module.parameters():
         parameter.data = torch.empty(0, dtype=parameter.dtype)
-    gc.collect()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """glibc keeps freed blocks (the serialized graph, build-time copies) unless asked to return them."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+    release_memory()
 
 
 def cpu_session(graph: BuiltGraph, threads: int | None = None):
@@ -194,6 +184,5 @@ def cpu_session(graph: BuiltGraph, threads: int | None = None):
     session = ort.InferenceSession(graph.model, options, providers=["CPUExecutionProvider"])
     del options
     graph.external.clear()
-    gc.collect()
-    _trim_heap()
+    release_memory()
     return session
