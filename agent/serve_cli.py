@@ -63,7 +63,9 @@ def build_engines(args: argparse.Namespace, config: KoeConfig):
         from tts.engine import TtsEngine
 
         device = _device(config.tts.device)
-        voices = CharacterVoices(lambda spec: TtsEngine.load(spec, config.models.dir, config.tts, device))
+        voices = CharacterVoices(
+            lambda spec, clips: TtsEngine.load(spec, config.models.dir, config.tts, device, clips)
+        )
         synthesize, sample_rate = voices.synthesize, voices.engine(character).sample_rate
     engines = Engines(
         stream_reply=LlmClient(config.llm).stream,
@@ -94,7 +96,8 @@ class CharacterVoices:
     as `Engines.synthesize` expects: (sample_rate, int16) chunks as the engine streams them.
     """
 
-    def __init__(self, load: Callable[[VoiceSpec], TtsEngine]) -> None:
+    def __init__(self, load: Callable[[VoiceSpec, tuple[Path, ...]], TtsEngine]) -> None:
+        """`load(voice, clips)` loads an engine for the voice and prepares the other clips it speaks with."""
         self.load = load
         self.engines: dict[tuple[Path, Path], TtsEngine] = {}
         self._lock = threading.Lock()
@@ -114,7 +117,7 @@ class CharacterVoices:
         with self._lock:  # two sessions asking for a new voice at once load it once
             if key not in self.engines:
                 log.info("loading the voice of %s (%s)", character.name, key[0].name)
-                self.engines[key] = self.load(self.voice(character))
+                self.engines[key] = self.load(self.voice(character), character.emotion_clips())
             return self.engines[key]
 
     async def synthesize(
@@ -156,7 +159,10 @@ def run_serve(args: argparse.Namespace, config: KoeConfig) -> int:
 
     async def main() -> None:
         async with server:
-            print(f"koe serve: open {server.http_url} in a browser; avatars connect to {server.ws_url}")
+            print(
+                f"koe serve: open {server.http_url} in a browser; avatars connect to {server.ws_url}",
+                flush=True,
+            )
             await asyncio.Event().wait()
 
     asyncio.run(main())

@@ -91,7 +91,6 @@ class Limits:
     socket_send_buffer: int = 64 * 1024
 
 
-
 def origin_allowed(origin: str, allowed: list[str]) -> bool:
     """`Origin` matches an entry exactly, or an entry without a port matches its scheme and host."""
     if "*" in allowed or origin in allowed:
@@ -791,7 +790,7 @@ class AvatarServer:
             if len(self.sessions) >= self.limits.max_sessions:
                 oldest = min(self.sessions.values(), key=lambda s: s.expires_at or math.inf)
                 await self._forget(oldest)
-            session = Session(self, secrets.token_urlsafe(16), character)
+            session = Session(self, secrets.token_hex(16), character)  # hex: safe on a command line
             self.sessions[session.id] = session
         elif session.conn is not None:  # the same session from a new connection: the newest wins
             old = session.conn

@@ -5,6 +5,8 @@ voices. Every file is in the official on-disk format, so the peer engines load t
 
 * GPT `.ckpt` (`save_gpt`, fp16 weights, `config` with the model and data sections);
 * SoVITS v2 `.pth` (`save_sovits`, fp16, enc_q dropped, the official `s2.json` configuration);
+* a chinese-roberta-wwm-ext-large folder (transformers `save_pretrained`, the published config, a
+  tokenizer whose vocabulary holds the CJK characters one token each, as the published one does);
 * a chinese-hubert-base folder (transformers `save_pretrained`, `pytorch_model.bin` with the weight-norm
   key names the published file carries, which both transformers and the official HuBERT loader read);
 * a reference clip (espeak-ng speech, or any float waveform given).
@@ -79,6 +81,26 @@ def write_hubert(folder: Path, seed: int = 0) -> Path:
     ).save_pretrained(folder)
     state = {HUBERT_LEGACY_KEYS.get(k, k): v.contiguous() for k, v in model.state_dict().items()}
     torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+# The published chinese-roberta-wwm-ext-large config.json (the fields that set the compute).
+BERT_LARGE_CONFIG = {
+    "vocab_size": 21128, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+    "intermediate_size": 4096, "max_position_embeddings": 512, "type_vocab_size": 2,
+}  # fmt: skip
+CJK_FIRST, SPECIAL_TOKENS = 0x4E00, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def write_bert(folder: Path, seed: int = 0) -> Path:
+    """A random full-size chinese-roberta-wwm-ext-large folder (326 M parameters, ~1.3 GB)."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = [chr(CJK_FIRST + i) for i in range(BERT_LARGE_CONFIG["vocab_size"] - len(SPECIAL_TOKENS))]
+    BertTokenizer(vocab={token: i for i, token in enumerate(SPECIAL_TOKENS + chars)}).save_pretrained(folder)
+    torch.manual_seed(seed)
+    BertModel(BertConfig(**BERT_LARGE_CONFIG), add_pooling_layer=False).save_pretrained(folder)
     return folder
 
 

@@ -68,6 +68,7 @@ def prepare_models(folder: Path) -> Path:
         "rand-v2-e1.ckpt": lambda p: common.write_gpt(p),
         "rand-v2_e1_s1.pth": lambda p: common.write_sovits(p),
         "chinese-hubert-base": lambda p: common.write_hubert(p),
+        "chinese-roberta-wwm-ext-large": lambda p: common.write_bert(p),
         "ref5s.wav": lambda p: common.write_reference(p, W.inputs()["reference"]),
     }
     for name, write in files.items():

@@ -135,19 +135,23 @@ def pipeline_table(rows: dict[str, dict]) -> str:
     official = rows.get(OFFICIAL, {})
     lines = [
         "| mode | whole-run RTF | whole-run first audio ms (token streaming, 16-token chunks) "
-        "| first audio ms, koe's default first chunk (8 tokens) |",
-        "|---|---|---|---|",
+        "| first audio ms, koe's default first chunk (8 tokens) | Chinese first audio ms (x English) |",
+        "|---|---|---|---|---|",
     ]
     for label, row in rows.items():
         if "run_rtf" not in row and "run_first_audio_ms" not in row:
             continue
         rtf, first = row.get("run_rtf", math.nan), row.get("run_first_audio_ms", math.nan)
         first_koe = row.get("run_first_audio_koe_ms", math.nan)
+        first_zh = row.get("run_first_audio_zh_ms", math.nan)
         official_first = official.get("first_audio_ms")
+        zh = cell(first_zh, "{:.0f}", None, None, None)
+        if zh != "—" and not math.isnan(first_koe):
+            zh += f" (x{first_zh / first_koe:.2f})"
         lines.append(
             f"| {label} | {cell(rtf, '{:.2f}', ratio(official.get('rtf'), rtf), None, None)} "
             f"| {cell(first, '{:.0f}', ratio(official_first, first), None, None)} "
-            f"| {cell(first_koe, '{:.0f}', ratio(official_first, first_koe), None, None)} |"
+            f"| {cell(first_koe, '{:.0f}', ratio(official_first, first_koe), None, None)} | {zh} |"
         )
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """The browser demo page of `koe serve`, end to end in headless Chromium (Debian's chromium + chromium-driver,
-driven by selenium): connect, send text, receive audio and subtitles, check the page state."""
+driven by selenium): connect, send text, receive audio and subtitles, check the page state; talk through
+the microphone (Chromium's fake capture device) to the server's VAD and speech recognition."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.character import find_character
@@ -45,8 +47,8 @@ class ServerThread:
         self.thread.join(5)
 
 
-@pytest.fixture
-def browser(tmp_path):
+def chromium(tmp_path: Path, *extra_flags: str):
+    """Headless Chromium with a fresh profile, driven by selenium through Debian's chromedriver."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
@@ -56,10 +58,17 @@ def browser(tmp_path):
         "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
         "--autoplay-policy=no-user-gesture-required",  # audio plays without a click
+        *extra_flags,
     ):  # fmt: skip
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_script_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = chromium(tmp_path)
     yield driver
     driver.quit()
 
@@ -117,3 +126,45 @@ def test_demo_page_connects_speaks_and_moves_the_mouth(tmp_path, browser):
         "Hello from the browser. Nice to see you.",
     ]
     assert llm.requests[0]["messages"][-1] == {"role": "user", "content": "Hello page"}
+
+
+def test_demo_page_talks_through_the_microphone(tmp_path):
+    """The Talk button: getUserMedia (Chromium's fake device playing a WAV of espeak-ng speech), the audio
+    worklet's 20 ms frames of 16 kHz PCM16, the server's VAD and tiny.en Whisper, then the reply."""
+    from selenium.webdriver.common.by import By
+
+    from asr_helpers import require_espeak, speak, write_wav
+    from test_ws_server import speech_engines
+
+    require_espeak()
+    silence = np.zeros(16000, dtype=np.float32)
+    wav = write_wav(
+        tmp_path / "mic.wav", np.concatenate([silence, speak("Please open the window."), silence, silence])
+    )
+    with FakeLlmServer() as llm:
+        with ServerThread(
+            AvatarServer(ServerConfig(), speech_engines(llm), tmp_path / "history", port=0)
+        ) as server:
+            driver = chromium(
+                tmp_path,
+                "--use-fake-ui-for-media-stream",  # allow the microphone without asking
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}%noloop",
+            )
+            try:
+                driver.get(server.http_url)
+                driver.find_element(By.ID, "connect").click()
+                wait_for(driver, "window.koeDemo.session")
+                driver.find_element(By.ID, "talk").click()
+                heard = wait_for(
+                    driver, "window.koeDemo.responses.length === 1 && window.koeDemo", timeout=40
+                )
+            finally:
+                driver.quit()
+    final = heard["transcripts"][-1]  # partial transcripts come first, every 1.5 s of speech
+    assert {"open", "window"} <= set(final.lower().replace(".", "").split())
+    assert llm.requests[0]["messages"][-1] == {"role": "user", "content": final}
+    assert (
+        heard["responses"][0]["heard"] == f"You said: {final}." and not heard["responses"][0]["interrupted"]
+    )
+    assert heard["framesReceived"] > 10 and heard["errors"] == [] and heard["state"] == "idle"

@@ -149,13 +149,40 @@ def test_lipsync_event_fields():
 UNITY = Path(__file__).resolve().parent.parent / "clients" / "unity"
 
 
-@pytest.mark.skipif(shutil.which("mcs") is None, reason="needs Mono's C# compiler (apt install mono-mcs)")
-@pytest.mark.parametrize("script", sorted(path.name for path in UNITY.glob("*.cs")))
-def test_unity_script_parses(script):
-    result = subprocess.run(
-        ["mcs", "--parse", str(UNITY / script)], capture_output=True, text=True, timeout=60
-    )
+STUBS = UNITY / "Stubs~" / "ApiStubs.cs"  # UnityEngine, NativeWebSocket, Newtonsoft, UniVRM10 signatures
+needs_mcs = pytest.mark.skipif(
+    shutil.which("mcs") is None, reason="needs Mono's C# compiler (apt install mono-mcs)"
+)
+
+
+def compile_unity(tmp_path: Path, scripts: list[Path], *defines: str) -> subprocess.CompletedProcess:
+    """Compile the scripts against the API stubs with Mono's mcs (warnings are errors)."""
+    command = ["mcs", "-target:library", "-warnaserror+", f"-out:{tmp_path / 'koe.dll'}"]
+    command += [f"-define:{name}" for name in defines] + [str(s) for s in scripts] + [str(STUBS)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@needs_mcs
+@pytest.mark.parametrize("defines", [(), ("UNITY_WEBGL",)], ids=["desktop", "webgl"])
+def test_unity_scripts_compile_against_the_library_apis(tmp_path, defines):
+    scripts = sorted(UNITY.glob("*.cs"))
+    assert [s.name for s in scripts] == [
+        "KoeAudioPlayer.cs",
+        "KoeClient.cs",
+        "KoeMicrophone.cs",
+        "KoeVrmFace.cs",
+    ]
+    result = compile_unity(tmp_path, scripts, *defines)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_mcs
+def test_unity_compile_check_catches_a_wrong_library_call(tmp_path):
+    broken = tmp_path / "KoeClient.cs"
+    broken.write_text((UNITY / "KoeClient.cs").read_text().replace("socket.SendText(", "socket.SendTxt("))
+    others = [s for s in sorted(UNITY.glob("*.cs")) if s.name != "KoeClient.cs"]
+    result = compile_unity(tmp_path, [broken, *others])
+    assert result.returncode != 0 and "does not contain a definition for `SendTxt'" in result.stderr
 
 
 def test_unity_client_uses_the_protocol_constants():

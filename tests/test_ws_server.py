@@ -292,6 +292,37 @@ def test_audio_without_asr_is_an_error_not_a_disconnect(tmp_path, llm):
     assert error["code"] == "no_asr" and "send text_input instead" in error["message"]
 
 
+def test_base64_microphone_audio_with_push_to_talk_on_a_server_without_vad(tmp_path, llm):
+    from asr_helpers import require_espeak, speak
+
+    require_espeak()
+    speech = (speak("Please open the window.") * 32767).astype(np.int16)
+    engines = speech_engines(llm)
+    engines.make_endpointer = None  # speech recognition, but no VAD: clients must mark speech themselves
+
+    async def scenario():
+        async with make_server(tmp_path, llm, engines=engines) as server:
+            client = await Client.open(server, caps=[])  # no binary frames either way
+            await client.send({"type": "audio", "data": p.encode_base64_pcm(speech[:320])})
+            no_vad = await client.until("error")
+            await client.send({"type": "speech_started"})
+            for start in range(0, len(speech), 3200):  # 200 ms per message
+                await client.send(
+                    {"type": "audio", "data": p.encode_base64_pcm(speech[start : start + 3200])}
+                )
+            await client.send({"type": "speech_stopped"})
+            transcript = await client.until("transcript")
+            end = await client.until("response_end")
+            return no_vad, transcript, end
+
+    no_vad, transcript, end = run(scenario())
+    assert no_vad["code"] == "no_vad" and "mark speech with speech_started/stopped" in no_vad["message"]
+    assert transcript["final"] and {"open", "window"} <= set(
+        transcript["text"].lower().replace(".", "").split()
+    )
+    assert end["heard"] == f"You said: {transcript['text']}."
+
+
 # ---------------------------------------------------------------------------------------- barge-in
 def test_barge_in_clears_audio_and_keeps_only_what_was_heard(tmp_path, llm):
     first = "This first sentence is rather long so it plays for a while."
@@ -591,13 +622,15 @@ def test_hello_rules(tmp_path, llm):
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
             unknown = await Client.open(server, hello={"character": "nobody", "audio_rate": 12345})
+            await unknown.send({"type": "hello", "version": 1})
+            await unknown.until("error")
             return first, version, unknown
 
     first, version, unknown = run(scenario())
     assert first["code"] == "hello_first"
     assert version["code"] == "unsupported_version" and "this server: 1" in version["message"]
     codes = [e["code"] for e in unknown.of("error")]
-    assert codes == ["bad_field", "unknown_character"]
+    assert codes == ["bad_field", "unknown_character", "already_started"]
     ready = unknown.of("ready")[0]
     assert ready["character"]["id"] == "default" and ready["audio"]["rate"] == TONE_RATE
 
@@ -628,6 +661,75 @@ def test_reconnect_with_the_session_id_resumes_the_conversation(tmp_path, llm):
     assert {"role": "assistant", "content": "Nice to meet you, Ann."} in llm.requests[1]["messages"]
     assert stale.of("error")[0]["code"] == "unknown_session"
     assert stale.of("ready")[0]["resumed"] is False and stale.session != first.session
+
+
+def test_a_reply_cut_by_a_dropped_connection_keeps_what_was_played_and_resumes(tmp_path, llm):
+    reply = "This answer is still playing when the connection drops, so only its start was heard."
+    llm.script(Reply(reply))
+
+    async def scenario():
+        async with make_server(tmp_path, llm) as server:
+            first = await Client.open(server)
+            await first.send({"type": "text_input", "text": "go on"})
+            end = await first.until("segment_end")
+            await first.send({"type": "playback_progress", "segment": end["segment"], "played_ms": 1200})
+            await first.send({"type": "ping"})
+            await first.until("pong")
+            first.ws.transport.abort()  # the network goes away: no closing handshake
+            session = server.sessions[first.session]
+            while session.busy:
+                await asyncio.sleep(0.01)
+            again = await Client.open(server, hello={"session": first.session})
+            return again, session, end
+
+    again, session, end = run(scenario())
+    heard = session.history[-1]
+    first_segment = "This answer is still playing when the connection drops,"
+    assert heard.interrupted and heard.text == heard_prefix(first_segment, 1200 / end["duration_ms"])
+    assert 0 < len(heard.text) < len(first_segment)
+    assert again.of("ready")[0]["resumed"] is True
+    assert again.of("ready")[0]["history"][-1] == {"role": "assistant", "text": heard.text}
+
+
+def test_set_character_switches_to_a_new_conversation_with_the_other_character(tmp_path, llm):
+    characters = tmp_path / "characters"
+    characters.mkdir()
+    koe = (CHARACTERS / "default.toml").read_text()
+    (characters / "default.toml").write_text(koe)
+    luna = koe.replace('name = "Koe"', 'name = "Luna"').replace(
+        "Hi, I'm Koe. What shall we talk about?", "Luna here."
+    )
+    (characters / "luna.toml").write_text(luna)
+    engines = engines_for(llm)
+    engines.load_character = lambda name: find_character(characters, name)
+    llm.script(Reply("Hello from Koe."), Reply("Hello from Luna."))
+
+    async def scenario():
+        async with make_server(tmp_path, llm, engines=engines) as server:
+            client = await Client.open(server)
+            await client.send({"type": "text_input", "text": "hi Koe"})
+            await client.until("response_end", report_finished)
+            await client.send({"type": "set_character", "character": "luna"})
+            ready = await client.until("ready")
+            await client.send({"type": "text_input", "text": "hi Luna"})
+            end = await client.until("response_end", report_finished)
+            await client.send({"type": "set_character", "character": "nobody"})
+            error = await client.until("error")
+            await client.send({"type": "ping", "t": 1})
+            await client.until("pong")
+            return client, ready, end, error, server.sessions[client.session]
+
+    client, ready, end, error, session = run(scenario())
+    assert ready["session"] == client.session and ready["resumed"] is False
+    assert ready["character"]["id"] == "luna" and ready["character"]["name"] == "Luna"
+    assert ready["history"] == [] and end["heard"] == "Hello from Luna."
+    # Luna's conversation starts from scratch: her persona, none of what was said to Koe.
+    luna_request = llm.requests[1]["messages"]
+    assert "Luna" in luna_request[0]["content"] and all("hi Koe" not in m["content"] for m in luna_request)
+    assert [m.text for m in session.history] == ["hi Luna", "Hello from Luna."]
+    assert error["code"] == "unknown_character" and "no character 'nobody'" in error["message"]
+    assert session.character.id == "luna"  # a failed switch keeps the current character
+    assert sorted(f.parent.name for f in (tmp_path / "history").glob("*/*.jsonl")) == ["default", "luna"]
 
 
 def test_static_demo_page_is_served(tmp_path, llm):
@@ -671,7 +773,7 @@ def test_full_turn_with_the_tiny_test_voice(tmp_path, llm):
     })  # fmt: skip
     character.id = "tiny"
     settings = TtsConfig(top_k=1, seed=7)  # greedy: the random-weight voice ends its sentences quickly
-    voices = CharacterVoices(lambda spec: TtsEngine(tts_voice.pipeline(), spec, settings))
+    voices = CharacterVoices(lambda spec, clips: TtsEngine(tts_voice.pipeline(), spec, settings))
     engine = voices.engine(character)
     llm.script(Reply("[happy] Good morning."))
 

@@ -147,9 +147,10 @@ class TtsEngine:
         return engine
 
     def prepare(self, clips: tuple[Path, ...] = ()) -> None:
-        """Compute the reference features of the voice's clips (and of `clips`, e.g. emotion clips) now
-        rather than during the first reply, then release HuBERT unless `[tts] keep_hubert`: a
-        conversation knows its clips up front, and a new clip later loads HuBERT again."""
+        """Compute the reference features of the voice's clips (and of `clips`, e.g. emotion clips) and
+        load the text frontend now rather than during the first reply, then release HuBERT unless
+        `[tts] keep_hubert`: a conversation knows its clips up front, and a new clip later loads
+        HuBERT again."""
         if not isinstance(self.pipeline, TTSPipeline):  # a remote api_v2 server prepares its own
             return
         started = time.perf_counter()
@@ -157,9 +158,13 @@ class TtsEngine:
         references.prepare(self.voice.ref_audio, self.voice.aux_refs)
         for clip in clips:
             references.prepare(clip)
+        if self.voice.ref_text:  # loads the voice language's text frontend (and BERT) now as well
+            self.pipeline.frontend.phones_and_bert(
+                self.voice.ref_text, self.voice.ref_lang, self.pipeline.version
+            )
         if not self.settings.keep_hubert:
             self.pipeline.hubert.release()
-        log.info("reference clips prepared in %.2f s", time.perf_counter() - started)
+        log.info("reference clips and text frontend prepared in %.2f s", time.perf_counter() - started)
 
     @property
     def sample_rate(self) -> int:

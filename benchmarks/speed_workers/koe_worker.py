@@ -9,7 +9,8 @@ Loads the voice like a user's (`TTSPipeline.from_paths`, HuBERT included), then 
   first chunk's `decode_streaming`), the engine-level path the peers are measured on;
 * pipeline: the whole `TTSPipeline.run` on a 10-word English sentence, reference cached, front end
   included: time to first audio with fixed-length token streaming, and the real-time factor of a
-  one-shot run (every sentence exactly 100 tokens).
+  one-shot run (every sentence exactly 100 tokens); and the first audio of a Chinese sentence of
+  the same length, BERT features included (when the models folder has chinese-roberta-wwm-ext-large).
 
     .venv/bin/python benchmarks/speed_workers/koe_worker.py --models DIR --mode fp32
 """
@@ -30,6 +31,7 @@ import numpy as np  # noqa: E402
 import workload as W  # noqa: E402
 
 SHORT = "The quick brown fox jumps over the lazy dog near the river bank."  # 13 words
+SHORT_ZH = "今天早上我和朋友一起去河边的公园散步。"  # 18 characters, about 10 words
 PROMPT_TEXT = "Every morning the baker opens his little shop before the sun comes up."
 
 
@@ -75,10 +77,11 @@ def main() -> None:
     models = Path(args.models)
     rec = W.Recorder("koe", args.mode, args)
     started = time.perf_counter()
+    bert_dir = models / "chinese-roberta-wwm-ext-large"  # loads at the first Chinese text, after the engine runs
     try:
         pipeline = TTSPipeline.from_paths(
-            models / "rand-v2-e1.ckpt", models / "rand-v2_e1_s1.pth", None, models / "chinese-hubert-base",
-            precision=args.mode,
+            models / "rand-v2-e1.ckpt", models / "rand-v2_e1_s1.pth", bert_dir if bert_dir.is_dir() else None,
+            models / "chinese-hubert-base", precision=args.mode,
         )  # fmt: skip
     except KoeError as e:
         W.skip("koe", args.mode, f"TTSPipeline.from_paths(precision={args.mode!r}) refused: {e}")
@@ -141,18 +144,19 @@ def main() -> None:
             "prompt_lang": "en", "seed": 1,
         }  # fmt: skip
 
-        def whole(streaming: bool, first_chunk: int | None = None) -> dict:
+        def whole(streaming: bool, first_chunk: int | None = None, key: str = "run_first_audio_ms") -> dict:
             fixed.stamps.clear()
             extra = {"streaming_mode": True, "fixed_length_chunk": True} if streaming else {}
             if first_chunk is not None:
                 extra["first_chunk_length"] = first_chunk
+            if key == "run_first_audio_zh_ms":
+                extra.update(text=SHORT_ZH, text_lang="zh")
             t0 = time.perf_counter()
             pieces = pipeline.run({**request, **extra})
             next(pieces)
             first = time.perf_counter() - t0
             if streaming:
                 pieces.close()
-                key = "run_first_audio_ms" if first_chunk is None else "run_first_audio_koe_ms"
                 return {key: first * 1000}
             for _ in pieces:
                 pass
@@ -162,8 +166,11 @@ def main() -> None:
 
         rec.measure("pipeline_stream", lambda: whole(True))
         # koe's own streaming default ([tts] stream_first_chunk_tokens): a shorter first chunk
-        rec.measure("pipeline_stream_koe", lambda: whole(True, TtsConfig().stream_first_chunk_tokens))
+        koe_chunk = TtsConfig().stream_first_chunk_tokens
+        rec.measure("pipeline_stream_koe", lambda: whole(True, koe_chunk, "run_first_audio_koe_ms"))
         rec.measure("pipeline", lambda: whole(False))
+        if bert_dir.is_dir():  # Chinese: the BERT features of the sentence come before its first token
+            rec.measure("pipeline_stream_zh", lambda: whole(True, koe_chunk, "run_first_audio_zh_ms"))
     rec.emit()
 
 

@@ -25,6 +25,8 @@ namespace Koe
         public string token = "";
         public string character = "";
         public bool pushToTalk = false;
+        [Tooltip("Seconds to wait before reconnecting after the connection dropped (the session resumes); 0 = never")]
+        public float reconnectSeconds = 2f;
 
         public string SessionId { get; private set; }
         public string State { get; private set; } = "disconnected";
@@ -35,20 +37,38 @@ namespace Koe
         public event Action<string, bool> OnTranscript;   // (what the user said, final)
         public event Action<string, string> OnServerError; // (code, message)
 
+        // Errors after which reconnecting cannot help (docs/protocol.md, Errors).
+        static readonly HashSet<string> Final = new HashSet<string> { "unauthorized", "unsupported_version", "session_taken" };
+
         WebSocket socket;
         KoeAudioPlayer player;
         uint micSequence;
+        string finalError;   // set by one of `Final`: no reconnect
+        bool destroyed;
 
-        async void Start()
+        void Start()
         {
             player = GetComponent<KoeAudioPlayer>();
             player.Client = this;
+            Connect();
+        }
+
+        async void Connect()
+        {
             socket = new WebSocket(url);
             socket.OnOpen += SendHello;
             socket.OnMessage += OnFrame;
-            socket.OnClose += code => { State = $"closed ({code})"; player.Clear(); };
+            socket.OnClose += OnClosed;
             socket.OnError += message => Debug.LogWarning($"koe: {message}");
             await socket.Connect();
+        }
+
+        // A dropped connection comes back with the same session id in `hello`, so the conversation resumes.
+        void OnClosed(WebSocketCloseCode code)
+        {
+            State = $"closed ({code})";
+            player.Clear();
+            if (!destroyed && finalError == null && reconnectSeconds > 0) Invoke(nameof(Connect), reconnectSeconds);
         }
 
         void Update()
@@ -60,7 +80,8 @@ namespace Koe
 
         async void OnDestroy()
         {
-            if (socket != null) await socket.Close();
+            destroyed = true;
+            if (socket != null && socket.State == WebSocketState.Open) await socket.Close();
         }
 
         void SendHello()
@@ -172,6 +193,7 @@ namespace Koe
                     break;
                 case "error":
                     Debug.LogWarning($"koe error {e["code"]}: {e["message"]}");
+                    if (Final.Contains((string)e["code"])) finalError = (string)e["code"];
                     OnServerError?.Invoke((string)e["code"], (string)e["message"]);
                     break;
             }

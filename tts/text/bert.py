@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from agent.errors import KoeError
+from tts.memory import release_memory
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,15 @@ def repeat_per_phone(char_features: torch.Tensor, word2ph: list[int]) -> torch.T
     """[n_chars, hidden] -> [hidden, sum(word2ph)], row i repeated word2ph[i] times."""
     counts = torch.tensor(word2ph, dtype=torch.long, device=char_features.device)
     return torch.repeat_interleave(char_features, counts, dim=0).T
+
+
+def copy_out_of_file_mapping(module: torch.nn.Module) -> None:
+    """`from_pretrained` maps the weight file into memory, and tensors that still view it keep the whole
+    mapping resident (1.3 GB for the large model, though the graph holds most weights): copies let it
+    close."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        tensor.data = tensor.data.clone()
+    release_memory()
 
 
 class ChineseBert:
@@ -62,6 +72,7 @@ class ChineseBert:
             from tts.text.bert_onnx import OnnxBertEncoder
 
             self.onnx = OnnxBertEncoder(self.model)
+            copy_out_of_file_mapping(self.model)
         log.info("BERT loaded in %.1f s", time.perf_counter() - started)
 
     @torch.inference_mode()
