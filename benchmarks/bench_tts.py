@@ -4,9 +4,10 @@ Writes a full-size GPT .ckpt and SoVITS .pth with koe's own exporters, a full-si
 (transformers `save_pretrained`) and an espeak-ng reference clip into a scratch folder, loads them
 like a user's voice, warms the reference cache, then measures for a short sentence (~10 words) and
 a paragraph: time to first audio (text in -> first chunk out) and real-time factor, for one-shot,
-sentence streaming and token-chunk streaming. English text (no BERT needed).
+sentence streaming and token-chunk streaming. English text (no BERT needed). One table per device:
+the CPU, and CUDA when present.
 
-    .venv/bin/python benchmarks/bench_tts.py                   # CPU, 2 threads
+    .venv/bin/python benchmarks/bench_tts.py                   # CPU (and CUDA when present), 2 threads
     .venv/bin/python benchmarks/bench_tts.py --threads 2 --repeats 3 --device cuda
 """
 
@@ -61,7 +62,7 @@ async def measure(engine, text: str, stream: str) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -71,28 +72,35 @@ def main() -> None:
     from tts.engine import TtsEngine, VoiceSpec
     from tts.pipeline import TTSPipeline
 
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_models(Path(tmp))
-        started = time.perf_counter()
-        pipeline = TTSPipeline.from_paths(
-            paths["gpt"], paths["sovits"], None, paths["hubert"], device=args.device
-        )
-        load_s = time.perf_counter() - started
-        voice = VoiceSpec(paths["gpt"], paths["sovits"], paths["ref"], REF_TEXT, "en")
-        engine = TtsEngine(pipeline, voice, TtsConfig(seed=1, stream_chunk_tokens=16))
-        pipeline.references.prepare(paths["ref"])  # reference cached, as in a conversation
-        rows = []
-        for name, text in (("short", SHORT), ("paragraph", PARAGRAPH)):
-            for stream in ("none", "sentence", "tokens"):
-                runs = [asyncio.run(measure(engine, text, stream)) for _ in range(args.repeats)]
-                rows.append((name, stream, median(r[0] for r in runs), median(r[1] for r in runs)))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    print(f"\nkoe TTS pipeline, full-size v2 random weights, {args.device}, {args.threads} threads")
-    print(f"voice load {load_s:.1f} s, peak RSS {peak:.0f} MiB\n")
-    print("| text | streaming | first audio (s) | RTF |\n|---|---|---:|---:|")
-    for name, stream, first, rtf in rows:
-        print(f"| {name} | {stream} | {first:.2f} | {rtf:.2f} |")
+        for device in devices:
+            started = time.perf_counter()
+            pipeline = TTSPipeline.from_paths(
+                paths["gpt"], paths["sovits"], None, paths["hubert"], device=device
+            )
+            load_s = time.perf_counter() - started
+            voice = VoiceSpec(paths["gpt"], paths["sovits"], paths["ref"], REF_TEXT, "en")
+            engine = TtsEngine(pipeline, voice, TtsConfig(seed=1, stream_chunk_tokens=16))
+            pipeline.references.prepare(paths["ref"])  # reference cached, as in a conversation
+            rows = []
+            for name, text in (("short", SHORT), ("paragraph", PARAGRAPH)):
+                for stream in ("none", "sentence", "tokens"):
+                    runs = [asyncio.run(measure(engine, text, stream)) for _ in range(args.repeats)]
+                    rows.append((name, stream, median(r[0] for r in runs), median(r[1] for r in runs)))
+            if device == "cuda":
+                peak = f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
+            else:
+                peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+            print(f"\nkoe TTS pipeline, full-size v2 random weights, {device}, {args.threads} CPU threads")
+            print(f"command: .venv/bin/python benchmarks/bench_tts.py {' '.join(sys.argv[1:])}".rstrip())
+            print(f"voice load {load_s:.1f} s, {peak}\n")
+            print("| text | streaming | first audio (s) | RTF |\n|---|---|---:|---:|")
+            for name, stream, first, rtf in rows:
+                print(f"| {name} | {stream} | {first:.2f} | {rtf:.2f} |")
+            del engine, pipeline
 
 
 if __name__ == "__main__":

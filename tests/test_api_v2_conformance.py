@@ -188,8 +188,15 @@ def send(port: int, entry: dict, placeholders: dict[str, str]) -> RawResponse:
 
 
 def load_transcript() -> tuple[dict, dict[str, str]]:
+    """The transcript and its path placeholders. With `KOE_API_V2_FIXTURES` set a missing transcript
+    fails; without it, an absent default folder (a user's clone) skips, like the parity tests."""
     path = FIXTURES / "transcript.json"
-    assert path.is_file(), f"no transcript at {path} (set KOE_API_V2_FIXTURES to the api_v2 fixture folder)"
+    if not path.is_file():
+        if "KOE_API_V2_FIXTURES" in os.environ:
+            pytest.fail(f"KOE_API_V2_FIXTURES={FIXTURES} has no transcript.json")
+        pytest.skip(
+            f"api_v2 fixtures not found at {FIXTURES}; they come from the shared/ folder beside the repo"
+        )
     transcript = json.loads(path.read_text(encoding="utf-8"))
     placeholders = {key: str((FIXTURES / rel).resolve()) for key, rel in transcript["placeholders"].items()}
     return transcript, placeholders

@@ -5,11 +5,13 @@ Every `<case>.json` of kind `tts_pipeline` in the folder from `KOE_PIPELINE_FIXT
 (paths relative to the folder). Phones and tokens of every segment must match exactly, audio and
 every streaming chunk within the stored tolerance. The speaker-verification model of v2Pro is not
 shipped with the fixtures, so its stored outputs are fed in where it would run, in call order, after
-checking that our 16 kHz input has the length the official call saw.
+checking that our 16 kHz input has the length the official call saw. koe embeds each clip once (the
+official run once per batch); the repeated official embeddings must equal the first ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -46,24 +48,51 @@ def test_fixture_folder_present():
 
 
 class InjectedSpeakerEncoder:
-    """Stands in for the unshipped ERes2NetV2: returns the stored embeddings in call order."""
+    """Stands in for the unshipped ERes2NetV2: returns the stored embeddings of the official calls.
 
-    def __init__(self, arrays: dict, calls: list[dict]):
+    The official run embeds every reference clip again for every batch (main clip, then the aux clips);
+    koe embeds each distinct clip once and keeps the result with it. So our k-th call is answered with
+    the official embedding of that clip's first call, and `check_calls` accounts for the rest.
+    """
+
+    def __init__(self, arrays: dict, calls: list[dict], clips: list[Path]):
         self.embeddings = [torch.from_numpy(arrays[f"sv_emb{k}"]) for k in range(len(calls))]
         self.calls = calls
+        digests = [hashlib.sha256(clip.read_bytes()).hexdigest() for clip in clips]
+        self.first_slot = [digests.index(d) for d in digests]  # slot -> first slot with that content
+        self.slot_of_our_call = sorted(set(self.first_slot))
         self.count = 0
 
     def __call__(self, audio16: torch.Tensor) -> torch.Tensor:
         k = self.count
-        assert k < len(self.calls), (
-            f"more speaker-embedding calls than the official run made ({len(self.calls)})"
+        assert k < len(self.slot_of_our_call), (
+            f"more speaker-embedding calls than reference clips ({len(self.slot_of_our_call)})"
         )
-        assert audio16.shape[-1] == self.calls[k]["wav_len"], (
+        slot = self.slot_of_our_call[k]
+        assert audio16.shape[-1] == self.calls[slot]["wav_len"], (
             f"speaker-embedding call {k}: our 16 kHz input has {audio16.shape[-1]} samples, "
-            f"the official one had {self.calls[k]['wav_len']}"
+            f"the official call {slot} had {self.calls[slot]['wav_len']}"
         )
         self.count += 1
-        return self.embeddings[k]
+        return self.embeddings[slot]
+
+    def check_calls(self) -> dict[str, np.ndarray]:
+        """One call per distinct clip; official call K embedded slot K % clips again. Returns, per
+        official call, the embedding our cache handed out for it, so comparing it with the stored one
+        checks that re-embedding a clip gives the official numbers."""
+        assert self.count == len(self.slot_of_our_call), (
+            f"{self.count} speaker-embedding calls for {len(self.slot_of_our_call)} distinct reference "
+            f"clip(s) (the official run made {len(self.calls)}, one per clip per batch)"
+        )
+        used = {}
+        for k, call in enumerate(self.calls):
+            first = self.first_slot[k % len(self.first_slot)]
+            assert call["wav_len"] == self.calls[first]["wav_len"], (
+                f"official speaker-embedding call {k} had {call['wav_len']} samples, not the "
+                f"{self.calls[first]['wav_len']} of the clip it should repeat (call {first})"
+            )
+            used[f"sv_emb{k}"] = self.embeddings[first].numpy()
+        return used
 
 
 def build_pipeline(case_dir: Path, manifest: dict, arrays: dict):
@@ -78,7 +107,9 @@ def build_pipeline(case_dir: Path, manifest: dict, arrays: dict):
         return (config_file.parent / custom[key]).resolve()
 
     sv_calls = manifest["outcome"].get("sv_calls", [])
-    encoder = InjectedSpeakerEncoder(arrays, sv_calls) if sv_calls else None
+    params = case_params(case_dir, manifest["params"])
+    clips = [Path(p) for p in [params["ref_audio_path"], *params["aux_ref_audio_paths"]] if Path(p).is_file()]
+    encoder = InjectedSpeakerEncoder(arrays, sv_calls, clips) if sv_calls else None
     pipeline = TTSPipeline.from_paths(
         gpt_path=resolve("t2s_weights_path"),
         sovits_path=resolve("vits_weights_path"),
@@ -135,10 +166,7 @@ def test_pipeline_case(manifest_path: Path):
         if tokens is not None:
             got[f"stream_tokens{j:02d}"] = tokens.numpy().astype(np.int64)
     if encoder is not None:
-        got.update({f"sv_emb{k}": e.numpy() for k, e in enumerate(encoder.embeddings)})
-        assert encoder.count == len(encoder.calls), (
-            f"{encoder.count} speaker-embedding calls, the official run made {len(encoder.calls)}"
-        )
+        got.update(encoder.check_calls())
 
     for name in manifest["arrays"]:
         assert name in got, f"{manifest_path.name}: our pipeline did not produce {name!r}"

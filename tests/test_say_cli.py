@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
+from agent.errors import KoeError
 from tts_voice import PARITY, PIPELINE, REF_TEXT, require_fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,3 +66,32 @@ def test_say_errors_are_one_line(tmp_path):
     )  # fmt: skip
     assert missing.returncode == 2 and "GPT weights not found" in missing.stderr
     assert "Traceback" not in partial.stderr + missing.stderr
+
+
+def test_voice_flag_takes_the_characters_files_and_language(tmp_path):
+    """`--voice NAME` reads characters/NAME.toml: its weights, clip, transcript and languages."""
+    from agent.cli import build_parser
+    from agent.config import load_config
+    from tts.say_cli import resolve_voice
+
+    characters = tmp_path / "characters"
+    characters.mkdir()
+    (characters / "mei.toml").write_text(
+        'name = "Mei"\npersona = "A calm guide."\nlanguage = "zh"\n[voice]\n'
+        f'gpt_weights = "{PARITY / "t2s_v2.ckpt"}"\nsovits_weights = "{PARITY / "sovits_v2.pth"}"\n'
+        'ref_audio = "clips/mei.wav"\nref_text = "Every morning the baker opens his shop."\nref_language = "en"\n'
+    )
+    config_path = tmp_path / "koe.toml"
+    config_path.write_text(f"[character]\ncharacters_dir = '{characters}'\nname = 'nobody'\n")
+    args = build_parser().parse_args(["say", "你好。", "--voice", "mei"])
+    voice, language = resolve_voice(args, load_config(config_path))
+    assert (voice.gpt, voice.sovits) == (PARITY / "t2s_v2.ckpt", PARITY / "sovits_v2.pth")
+    assert voice.ref_audio == characters / "clips" / "mei.wav"
+    assert (voice.ref_text, voice.ref_lang, language) == (
+        "Every morning the baker opens his shop.",
+        "en",
+        "zh",
+    )
+    args = build_parser().parse_args(["say", "Hi.", "--voice", "nobody-here"])
+    with pytest.raises(KoeError, match="no character 'nobody-here'"):
+        resolve_voice(args, load_config(config_path))

@@ -42,6 +42,7 @@ def text_inputs(length: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]
 # --- architecture vs the official manifests ---------------------------------------------------------
 
 
+@pytest.mark.skipif(not MANIFESTS.is_dir(), reason="shared/spec manifests not found beside the repo")
 @pytest.mark.parametrize("name", ["t2s_v1", "t2s_v2"])
 def test_full_size_state_dict_matches_manifest(name):
     manifest = json.loads((MANIFESTS / f"{name}.json").read_text())

@@ -367,6 +367,9 @@ class TTSPipeline:
         if not p.ref_audio_path:
             raise KoeError("ref_audio_path is required")
         self.references.prompt_semantic(p.ref_audio_path)  # missing, unreadable or outside 3-10 s
+        # Missing or unreadable clips, auxiliary ones too (run() skips a missing aux clip, as officially).
+        for path in [p.ref_audio_path, *p.aux_ref_audio_paths]:
+            self.references.style(path)
         if not self._split(p.text, p.text_lang, p.text_split_method, streaming=False):
             raise KoeError("the text has nothing to speak after preprocessing")
 

@@ -6,13 +6,17 @@ Exactly the official preprocessing (spec 4.2, 5.1, 6.2):
 * the style spectrogram: the clip as torchaudio loads it, channels averaged, resampled to the SoVITS
   rate with torchaudio's default sinc filter, divided by min(2, peak) when its peak exceeds 1;
 * v2Pro / v2ProPlus: that normalised waveform resampled to 16 kHz for the speaker embedding.
-(Documented deviation: the official code only mixes exactly two channels; we average any number.)
+Documented deviations: the official code only mixes exactly two channels, we average any number;
+clips below 8 kHz, or at a rate so odd that the sinc kernel would not fit in memory, are refused;
+the speaker embedding is computed once per clip (officially once per batch; same numbers).
+Prompt tokens are cached per clip content and model in memory and, with `cache_dir`, on disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 
 HUBERT_RATE = 16000
 MIN_SECONDS, MAX_SECONDS = 3.0, 10.0
+MIN_RATE = 8000  # below this a clip holds no usable speech band for the 16/32 kHz models
+MAX_RATE_RATIO = 1 << 24  # reduced rate pair orig * new: the sinc kernel's size, 64 MB in float32
 PROMPT_PAD_SECONDS = 0.3  # zeros after the prompt clip, counted at the SoVITS rate (official quirk)
 
 SpeakerEncoder = Callable[[torch.Tensor], torch.Tensor]  # 16 kHz audio [1, N] -> [1, 20480]
@@ -66,9 +72,27 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(rate)
 
 
+def check_rate(path: str | Path, rate: int, target: int) -> None:
+    """Refuse file rates the resamplers cannot serve: too low, or so odd that the windowed-sinc
+    kernel of the pair (torchaudio's algorithm, one row per output phase) would take gigabytes."""
+    if rate < MIN_RATE:
+        raise KoeError(
+            f"reference audio {path} is sampled at {rate} Hz; at least {MIN_RATE} Hz is needed "
+            f"(record or export it at 16000-48000 Hz)"
+        )
+    gcd = math.gcd(rate, target)
+    if (rate // gcd) * (target // gcd) > MAX_RATE_RATIO:
+        raise KoeError(
+            f"reference audio {path} has an unusual sample rate of {rate} Hz that cannot be resampled to "
+            f"{target} Hz; convert it to a standard rate first (16000, 22050, 24000, 32000, 44100 or "
+            f"48000 Hz, e.g. `sox in.wav -r 32000 out.wav`)"
+        )
+
+
 def load_16k(path: str | Path) -> np.ndarray:
     """The clip as librosa.load(path, sr=16000) returns it: mono float32 at 16 kHz."""
     data, rate = read_audio(path)
+    check_rate(path, rate, HUBERT_RATE)
     mono = data.mean(axis=0) if data.shape[0] > 1 else data[0]
     return soxr_resample(mono, rate, HUBERT_RATE)
 
@@ -85,6 +109,7 @@ def check_length(path: str | Path, n_16k: int) -> None:
 def load_for_style(path: str | Path, rate: int) -> torch.Tensor:
     """The clip for the style spectrogram: [1, N] at `rate`, channels averaged, peak rule applied."""
     data, file_rate = read_audio(path)
+    check_rate(path, file_rate, rate)
     audio = torch.from_numpy(data.mean(axis=0, keepdims=True) if data.shape[0] > 1 else data)
     audio = sinc_resample(audio, file_rate, rate)
     peak = audio.abs().max()
@@ -178,7 +203,10 @@ class ReferenceProcessor:
         return Reference(tokens, refs)
 
     def speaker_embeddings(self, refs: Sequence[ReferenceAudio]) -> list[torch.Tensor] | None:
-        """One speaker embedding per reference for Pro models (None for the others)."""
+        """One speaker embedding per reference for Pro models (None for the others).
+
+        Computed once per clip and kept with its cached style inputs (the official code reruns the
+        speaker network for every batch; it draws no random numbers, so the result is the same)."""
         if not self.config.is_pro:
             return None
         if self.speaker_encoder is None:
@@ -186,7 +214,10 @@ class ReferenceProcessor:
                 f"SoVITS {self.config.version} needs the speaker-verification model; "
                 f"fetch it with `koe models download gsv-v2pro`"
             )
-        return [self.speaker_encoder(ref.audio16) for ref in refs]
+        for ref in refs:
+            if ref.sv_emb is None:
+                ref.sv_emb = self.speaker_encoder(ref.audio16)
+        return [ref.sv_emb for ref in refs]
 
     def _disk_load(self, key: str) -> torch.Tensor | None:
         if self.cache_dir is None:
