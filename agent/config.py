@@ -102,6 +102,7 @@ class TtsConfig(Section):
     parallel_infer: bool = True
     stream_chunk_tokens: int = Field(16, ge=4)  # token-chunk streaming inside a sentence
     stream_first_chunk_tokens: int = Field(8, ge=4)  # a shorter first chunk: first audio sooner
+    stream_overlap_tokens: int = Field(2, ge=1)  # tokens re-decoded across a chunk join (official overlap_length)
     g2pw: bool = False  # Chinese polyphone model (needs `koe models download g2pw`)
     keep_hubert: bool = False  # keep HuBERT (~380 MB) loaded after the voice's clips are prepared
     cache_dir: Path | None = None  # reference-feature cache; None = <models.dir>/cache

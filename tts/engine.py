@@ -94,6 +94,7 @@ def request_params(text: str, lang: str, voice: VoiceSpec, settings: TtsConfig, 
         "streaming_mode": stream == "tokens",
         "min_chunk_length": settings.stream_chunk_tokens,
         "first_chunk_length": settings.stream_first_chunk_tokens,
+        "overlap_length": settings.stream_overlap_tokens,
     }
 
 

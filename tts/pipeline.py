@@ -512,16 +512,20 @@ class TTSPipeline:
         refs = reference.refs
         sv = self.references.speaker_embeddings(refs)
         specs = [r.spec.to(self.device) for r in refs]
+        style = self.references.style_vector(refs, self.device)
         if p.speed_factor == 1.0:
             codes = torch.cat(tokens).reshape(1, 1, -1)
             text = torch.tensor([ph for s in batch for ph in s.phones], device=self.device)[None]
-            audio = self.sovits.decode(codes, text, specs, speed=1.0, sv_emb=sv)[0, 0].float().cpu().numpy()
+            audio = self.sovits.decode(codes, text, specs, speed=1.0, sv_emb=sv, style=style)
+            audio = audio[0, 0].float().cpu().numpy()
             bounds = np.cumsum([0] + [TOKEN_SAMPLES * len(t) for t in tokens])
             return [audio[bounds[i] : bounds[i + 1]] for i in range(len(batch))]
         out = []
         for sentence, toks in zip(batch, tokens, strict=True):
             text = torch.tensor(sentence.phones, device=self.device)[None]
-            audio = self.sovits.decode(toks.reshape(1, 1, -1), text, specs, speed=p.speed_factor, sv_emb=sv)
+            audio = self.sovits.decode(
+                toks.reshape(1, 1, -1), text, specs, speed=p.speed_factor, sv_emb=sv, style=style
+            )
             out.append(audio[0, 0].float().cpu().numpy())
         return out
 
@@ -575,6 +579,7 @@ class TTSPipeline:
             prompt_tokens = reference.prompt_semantic.to(self.device) if prompt is not None else None
             specs = [r.spec.to(self.device) for r in reference.refs]
             sv = self.references.speaker_embeddings(reference.refs)
+            style = self.references.style_vector(reference.refs, self.device)
             text = torch.tensor(sentence.phones, device=self.device)[None]
             history: list[torch.Tensor] = []
             prev_audio = prev_latent = None
@@ -593,7 +598,7 @@ class TTSPipeline:
                 ov = p.overlap_length + (10 - n) if (not first and n < 10) else p.overlap_length
                 codes = torch.cat(history).reshape(1, 1, -1)
                 audio, latent, _ = self.sovits.decode_streaming(
-                    codes, text, specs, speed=p.speed_factor, sv_emb=sv,
+                    codes, text, specs, speed=p.speed_factor, sv_emb=sv, style=style,
                     result_length=None if first else n + ov,
                     overlap_frames=None if first else prev_latent[..., -2 * ov :],
                 )  # fmt: skip

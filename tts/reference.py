@@ -152,6 +152,7 @@ class ReferenceProcessor:
         self.cache_dir = cache_dir
         self._tokens: dict[str, torch.Tensor] = {}
         self._styles: dict[str, ReferenceAudio] = {}
+        self._style_vectors: dict[tuple[int, ...], torch.Tensor] = {}  # by the cached refs' identities
 
     @property
     def config(self):
@@ -218,6 +219,16 @@ class ReferenceProcessor:
             if ref.sv_emb is None:
                 ref.sv_emb = self.speaker_encoder(ref.audio16)
         return [ref.sv_emb for ref in refs]
+
+    @torch.inference_mode()
+    def style_vector(self, refs: Sequence[ReferenceAudio], device: torch.device) -> torch.Tensor:
+        """SoVITS's style vector ge [1, gin, 1] of these references, computed once per set: it depends
+        on the clips only, and the official code recomputes it for every decode (same numbers)."""
+        key = tuple(id(ref) for ref in refs)  # refs come from `style`, which keeps them alive
+        if key not in self._style_vectors:
+            specs = [ref.spec.to(device) for ref in refs]
+            self._style_vectors[key] = self.sovits.style_vector(specs, self.speaker_embeddings(refs))
+        return self._style_vectors[key]
 
     def _disk_load(self, key: str) -> torch.Tensor | None:
         if self.cache_dir is None:

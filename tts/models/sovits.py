@@ -175,9 +175,10 @@ class SynthesizerTrn(nn.Module):
         _record(trace, "ge", ge)
         return ge
 
-    def _encode(self, codes, text, refer, sv_emb, trace):
-        """-> (ge [1, gin, 1], 50 Hz text-encoder hidden [1, C, 2Tc] and its mask)."""
-        ge = self.style_vector(refer, sv_emb, trace)  # [1, gin, 1]
+    def _encode(self, codes, text, refer, sv_emb, trace, style=None):
+        """-> (ge [1, gin, 1], 50 Hz text-encoder hidden [1, C, 2Tc] and its mask); `style` is ge when
+        the caller already has it (it depends on the references only)."""
+        ge = self.style_vector(refer, sv_emb, trace) if style is None else style  # [1, gin, 1]
         ge_text = ge
         if self.config.is_pro:
             ge_text = self.ge_to512(ge.transpose(1, 2)).transpose(1, 2)  # [1, 512, 1]
@@ -214,6 +215,7 @@ class SynthesizerTrn(nn.Module):
         speed: float = 1.0,
         sv_emb=None,
         trace: dict | None = None,
+        style: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Synthesize a waveform [1, 1, 640 * T'].
 
@@ -221,9 +223,9 @@ class SynthesizerTrn(nn.Module):
         reference spectrograms [1, 1025, Tr] (their style vectors are averaged), sv_emb the matching
         speaker embeddings (Pro only). Exactly one random draw (`torch.randn_like` of the prior
         mean), so seeded runs match the official code. `trace`, if given, collects the intermediate
-        tensors by name.
+        tensors by name. `style`: the references' `style_vector`, when already computed.
         """
-        ge, y, mask = self._encode(codes, text, refer, sv_emb, trace)
+        ge, y, mask = self._encode(codes, text, refer, sv_emb, trace, style)
         return self._synthesize(y, mask, ge, noise_scale, speed, trace)
 
     @torch.no_grad()
@@ -238,6 +240,7 @@ class SynthesizerTrn(nn.Module):
         result_length: int | None = None,
         overlap_frames: torch.Tensor | None = None,
         padding_length: int = 0,
+        style: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`decode` of one streaming chunk (spec 4.8): -> (audio, hidden before speed, its mask).
 
@@ -245,7 +248,7 @@ class SynthesizerTrn(nn.Module):
         the last `result_length` tokens are kept and their start is crossfaded with
         `overlap_frames` (the previous chunk's returned hidden tail). Lengths are in 25 Hz tokens.
         """
-        ge, y, mask = self._encode(codes, text, refer, sv_emb, None)
+        ge, y, mask = self._encode(codes, text, refer, sv_emb, None, style)
         keep = None if result_length is None else 2 * result_length
         y, mask = streaming_window(y, mask, keep, overlap_frames, 2 * padding_length)
         return self._synthesize(y, mask, ge, noise_scale, speed, None), y, mask
