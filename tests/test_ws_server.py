@@ -773,7 +773,13 @@ def test_full_turn_with_the_tiny_test_voice(tmp_path, llm):
     })  # fmt: skip
     character.id = "tiny"
     settings = TtsConfig(top_k=1, seed=7)  # greedy: the random-weight voice ends its sentences quickly
-    voices = CharacterVoices(lambda spec, clips: TtsEngine(tts_voice.pipeline(), spec, settings))
+
+    def load(spec, clips):  # as TtsEngine.load: clips and text frontend ready before the first turn
+        engine = TtsEngine(tts_voice.pipeline(), spec, settings)
+        engine.prepare(clips)
+        return engine
+
+    voices = CharacterVoices(load)
     engine = voices.engine(character)
     llm.script(Reply("[happy] Good morning."))
 
