@@ -16,7 +16,9 @@ Usage (this is the API other packages use, e.g. `koe voice label`):
 Constructor arguments: `model` (a size name such as "small", resolved to
 `<models_dir>/faster-whisper-<name>/`, or a local model directory), `device` ("auto" = CUDA when
 present), `compute_type` ("auto" = int8 on CPU, float16 on CUDA), `language` (None = detect),
-`beam_size`, `initial_prompt`, `hotwords`, `cpu_threads` (0 = library default). Every user mistake
+`beam_size`, `initial_prompt`, `hotwords`, `cpu_threads` (0 = library default), `vad_filter` (False:
+callers hand us speech already cut by our own endpointer; True: faster-whisper's Silero pass drops
+silences of 700 ms or more first, as the official GPT-SoVITS labeller does). Every user mistake
 (missing model, bad language code, unreadable file) raises `KoeError` with an actionable message.
 """
 
@@ -39,6 +41,7 @@ from asr.audio import SAMPLE_RATE, load_audio, to_float32_mono
 log = logging.getLogger(__name__)
 
 MODEL_FOLDER_PREFIX = "faster-whisper-"
+VAD_FILTER_MIN_SILENCE_MS = 700  # the official labeller's setting for faster-whisper's own VAD pass
 # Languages written without spaces between words: their segments are joined without one.
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue"})
 
@@ -137,6 +140,7 @@ class Transcriber:
         initial_prompt: str | None = None,
         hotwords: str | None = None,
         cpu_threads: int = 0,
+        vad_filter: bool = False,
     ) -> None:
         from faster_whisper import WhisperModel
 
@@ -148,6 +152,7 @@ class Transcriber:
         self.beam_size = beam_size
         self.initial_prompt = initial_prompt
         self.hotwords = hotwords
+        self.vad_filter = vad_filter
         started = time.perf_counter()
         try:
             self.model = WhisperModel(
@@ -207,9 +212,14 @@ class Transcriber:
                 initial_prompt=self.initial_prompt,
                 hotwords=self.hotwords,
                 without_timestamps=without_timestamps,
-                vad_filter=False,  # callers hand us speech already cut by our own VAD
+                vad_filter=self.vad_filter,
+                vad_parameters={"min_silence_duration_ms": VAD_FILTER_MIN_SILENCE_MS},
             )
-            segments = [Segment(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments]
+            # Whisper's timestamps come in 20 ms steps and may overshoot the audio: clamp to its end.
+            segments = [
+                Segment(round(min(s.start, duration), 3), round(min(s.end, duration), 3), s.text.strip())
+                for s in segments
+            ]
         separator = "" if info.language in UNSPACED_LANGUAGES else " "
         return Transcript(
             text=separator.join(s.text for s in segments if s.text),

@@ -8,23 +8,34 @@ AdamW) on a batch of `--seconds`-long clips.
 
     .venv/bin/python benchmarks/bench_train.py                          # CPU (and CUDA when present)
     .venv/bin/python benchmarks/bench_train.py --device cpu --batch-sizes 1 4 --steps 2 --threads 2
+
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` of the configuration; on CPU the peak resident
+size of a fresh process that runs only that configuration (model, optimiser state, activations and
+the Python/torch runtime, about 0.2 GB of it).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import resource
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 
-from training.gpt_train import GPTItem, GPTTrainingModule, collate
-from training.scaled_adam import ScaledAdam
-from tts.models.t2s import T2SConfig, T2SModel
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.tables import print_table  # noqa: E402
+from training.gpt_train import GPTItem, GPTTrainingModule, collate  # noqa: E402
+from training.scaled_adam import ScaledAdam  # noqa: E402
+from tts.models.t2s import T2SConfig, T2SModel  # noqa: E402
 
 PHONES_PER_SECOND, TOKENS_PER_SECOND = 15, 25
-
 
 
 def _result(times: list[float], batch_size: int, device: torch.device) -> dict:
@@ -33,8 +44,15 @@ def _result(times: list[float], batch_size: int, device: torch.device) -> dict:
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
-    return {"step_s": step_s, "steps_per_s": 1 / step_s, "items_per_s": batch_size / step_s, "peak_mb": peak_mb}
+        # Peak RSS of the process (Linux: KiB); `run_one` gives each CPU configuration its own process.
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "step_s": step_s,
+        "steps_per_s": 1 / step_s,
+        "items_per_s": batch_size / step_s,
+        "peak_mb": peak_mb,
+    }
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -116,21 +134,22 @@ def bench_sovits(
     return _result(_timed_steps(lambda: update.step(batch), steps, device), batch_size, device)
 
 
-def print_sovits_table(devices: list[str], batch_sizes: list[int], seconds: float, steps: int) -> None:
-    print(
-        f"\nSoVITS v2 (G 51.3 M + D 46.7 M parameters), {seconds:.0f} s clips, AdamW, 0.64 s decoded per item"
-    )
-    print(f"{'device':<6} {'batch':>5} {'s/step':>8} {'steps/s':>8} {'items/s':>8} {'peak MB':>9}")
-    for name in devices:
-        device = torch.device(name)
-        for batch_size in batch_sizes:
-            r = bench_sovits(device, batch_size, seconds, steps)
-            print(
-                f"{name:<6} {batch_size:>5} {r['step_s']:>8.3f} {r['steps_per_s']:>8.2f} "
-                f"{r['items_per_s']:>8.2f} {r['peak_mb']:>9.0f}"
-            )
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+def run_one(stage: str, device_name: str, batch_size: int, seconds: float, steps: int, threads: int) -> dict:
+    """One configuration; on CPU in a fresh process, so its peak RSS is this configuration's alone."""
+    if device_name == "cpu":
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(_measure, stage, device_name, batch_size, seconds, steps, threads).result()
+    result = _measure(stage, device_name, batch_size, seconds, steps, threads)
+    torch.cuda.empty_cache()
+    return result
+
+
+def _measure(stage: str, device_name: str, batch_size: int, seconds: float, steps: int, threads: int) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    bench = bench_gpt if stage == "gpt" else bench_sovits
+    return bench(torch.device(device_name), batch_size, seconds, steps)
 
 
 def main() -> None:
@@ -142,26 +161,33 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="clip length of every batch item")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration (median)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    parser.add_argument("--stages", nargs="+", choices=("gpt", "sovits"), default=["gpt", "sovits"])
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    titles = {
+        "gpt": f"GPT (T2S v2, 77.6 M parameters), {args.seconds:.0f} s clips, ScaledAdam",
+        "sovits": f"SoVITS v2 (G 51.3 M + D 46.7 M parameters), {args.seconds:.0f} s clips, AdamW, "
+        "0.64 s decoded per item",
+    }
     print(
-        f"GPT (T2S v2, 77.6 M parameters), {args.seconds:.0f} s clips, ScaledAdam; torch {torch.__version__}"
+        f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, {args.steps} timed steps"
     )
-    print(f"{'device':<6} {'batch':>5} {'s/step':>8} {'steps/s':>8} {'items/s':>8} {'peak MB':>9}")
-    for name in devices:
-        device = torch.device(name)
-        for batch_size in args.batch_sizes:
-            r = bench_gpt(device, batch_size, args.seconds, args.steps)
-            print(
-                f"{name:<6} {batch_size:>5} {r['step_s']:>8.3f} {r['steps_per_s']:>8.2f} "
-                f"{r['items_per_s']:>8.2f} {r['peak_mb']:>9.0f}"
-            )
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    print_sovits_table(devices, args.batch_sizes, args.seconds, args.steps)
+    header = ["device", "batch", "s/step", "steps/s", "items/s", "peak MB"]
+    for stage in args.stages:
+        rows = []
+        for name in devices:
+            for batch_size in args.batch_sizes:
+                r = run_one(stage, name, batch_size, args.seconds, args.steps, args.threads)
+                print(
+                    f"  {stage} {name} batch {batch_size}: {r['step_s']:.3f} s/step",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                rows.append(
+                    [name, batch_size, r["step_s"], r["steps_per_s"], r["items_per_s"], round(r["peak_mb"])]
+                )
+        print_table(titles[stage], header, rows, digits=3)
 
 
 if __name__ == "__main__":

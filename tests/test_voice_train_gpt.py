@@ -361,6 +361,25 @@ def test_sigkill_mid_epoch_then_resume(prepared, tmp_path):
     assert not any(p.name.startswith(".partial-") for p in ckpt_dir.iterdir())
 
 
+@pytest.mark.slow
+def test_torchrun_ranks_share_each_epoch(prepared, tmp_path):
+    """The multi-GPU path, on CPU: torchrun starts two ranks (gloo); each trains its shard of every epoch
+    under DistributedDataParallel, rank 0 alone reports and saves."""
+    exp = copy_experiment(prepared, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--nproc-per-node", "2", "-m", "agent.cli", "voice", "train-gpt",
+               *_train_flags(exp, prepared.pretrained.gpt, 1)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    items, _ = load_gpt_items(exp, "v2")
+    sharded = steps_in_epoch(len(epoch_batches(items, 8, 0, rank=0, world_size=2)))
+    assert 0 < sharded < steps_in_epoch(len(epoch_batches(items, 8, 0)))  # half the batches per rank
+    assert result.stdout.count("GPT: ") == 1 and f"GPT: 1 epochs, {sharded} steps" in result.stdout
+    assert [p.name for p in (exp / "logs_s1_v2" / "ckpt").iterdir()] == [f"epoch=0-step={sharded}.ckpt"]
+    torch.load(exp.parent / "GPT_weights_v2" / "aria-e1.ckpt", weights_only=True)
+
+
 def test_train_command_user_mistakes(tmp_path, capsys):
     flags = [
         "--name",

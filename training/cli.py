@@ -1,8 +1,12 @@
-"""`koe voice ...`: build a character voice from recordings (slice, label, check).
+"""`koe voice ...`: build a character voice from recordings (docs/training.md walks through it).
 
     koe voice slice raw/ -o data/aria/clips            # official silence slicer, 32 kHz clips
     koe voice label data/aria/clips --speaker aria     # faster-whisper -> data/aria/clips.list
     koe voice check data/aria/clips.list               # what training would drop, and why
+    koe voice prepare data/aria/clips.list --name aria # phones, BERT, 32 kHz, HuBERT, semantic tokens
+    koe voice train-sovits --name aria                 # stage 2, resumable
+    koe voice train-gpt --name aria                    # stage 1, resumable
+    koe voice export --name aria                       # the two small inference weight files
 
 Each step is resumable: run it again after an interruption and it continues where it stopped.
 """
@@ -25,7 +29,7 @@ log = logging.getLogger("koe.voice")
 def register(subparsers) -> None:
     voice = subparsers.add_parser(
         "voice",
-        help="build a new character voice: slice, label and check a dataset",
+        help="build a new character voice: slice, label, check, prepare, train, export",
         description="Build a new character voice from about 10 minutes of clean recordings.",
     )
     steps = voice.add_subparsers(dest="voice_command", metavar="STEP")
@@ -167,6 +171,7 @@ def run_label(args: argparse.Namespace, config: KoeConfig) -> int:
         language=language,
         beam_size=args.beam_size,
         cpu_threads=config.asr.cpu_threads,
+        vad_filter=True,  # the official labeller's Silero pass (silences of 700 ms or more are skipped)
     )
     log.info("label: model loaded in %.1f s", time.perf_counter() - started)
     started = time.perf_counter()
@@ -523,7 +528,7 @@ def run_export(args: argparse.Namespace, config: KoeConfig) -> int:
     return 0
 
 
-# --- train-sovits (helper K) ---------------------------------------------------------------------------
+# --- train-sovits -------------------------------------------------------------------------------------
 #   koe voice train-sovits --name aria                    # fine-tune SoVITS from the version's pretrained G/D
 
 # version -> (component, file) of the pretrained discriminator (upstream: the G file's name, s2G -> s2D)
