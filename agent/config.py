@@ -102,7 +102,7 @@ class TtsConfig(Section):
     parallel_infer: bool = True
     stream_chunk_tokens: int = Field(16, ge=4)  # token-chunk streaming inside a sentence
     stream_first_chunk_tokens: int = Field(8, ge=4)  # a shorter first chunk: first audio sooner
-    stream_overlap_tokens: int = Field(2, ge=1)  # tokens re-decoded across a chunk join (official overlap_length)
+    stream_overlap_tokens: int = Field(2, ge=1)  # decoded again across a chunk join (official overlap_length)
     g2pw: bool = False  # Chinese polyphone model (needs `koe models download g2pw`)
     keep_hubert: bool = False  # keep HuBERT (~380 MB) loaded after the voice's clips are prepared
     cache_dir: Path | None = None  # reference-feature cache; None = <models.dir>/cache
@@ -136,7 +136,8 @@ class TrainingConfig(Section):
     sovits_epochs: int = Field(8, ge=1)
     gpt_batch_size: int = Field(4, ge=1)
     gpt_epochs: int = Field(15, ge=1)
-    save_every_epochs: int = Field(4, ge=1)
+    sovits_save_every_epochs: int = Field(4, ge=1)
+    gpt_save_every_epochs: int = Field(5, ge=1)  # the WebUI's: SoVITS every 4 epochs, GPT every 5
     keep_latest: int = Field(3, ge=1)
     fp16: bool = True  # mixed precision on CUDA
 

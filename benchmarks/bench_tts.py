@@ -5,7 +5,7 @@ Writes a full-size GPT .ckpt and SoVITS .pth with koe's own exporters, a full-si
 like a user's voice, warms the reference cache, then measures for a short sentence (~10 words) and
 a paragraph: time to first audio (text in -> first chunk out) and real-time factor, for one-shot,
 sentence streaming and token-chunk streaming. English text (no BERT needed). One table per device:
-the CPU, and CUDA when present.
+the CPU, and CUDA when present. Needs NLTK_DATA (English); it defaults to the shared test data.
 
     .venv/bin/python benchmarks/bench_tts.py                   # CPU (and CUDA when present), 2 threads
     .venv/bin/python benchmarks/bench_tts.py --threads 2 --repeats 3 --device cuda
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import sys
 import tempfile
@@ -24,7 +25,9 @@ from statistics import median
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NLTK_DATA", str(ROOT.parent / "shared" / "data" / "nltk_data"))
 
 from benchmarks.common import write_espeak_reference, write_gpt, write_hubert, write_sovits  # noqa: E402
 

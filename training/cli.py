@@ -438,7 +438,7 @@ def _register_train_gpt(steps) -> None:
     p.add_argument("--pretrained", type=Path, metavar="CKPT", help="pretrained GPT (default: the version's)")
     p.add_argument("--batch-size", type=int, metavar="N", help="default: [training] gpt_batch_size")
     p.add_argument("--epochs", type=int, metavar="N", help="default: [training] gpt_epochs")
-    p.add_argument("--save-every", type=int, metavar="N", help="default: [training] save_every_epochs")
+    p.add_argument("--save-every", type=int, metavar="N", help="default: [training] gpt_save_every_epochs")
     p.add_argument(
         "--keep-latest", type=int, metavar="N", help="full checkpoints kept ([training] keep_latest)"
     )
@@ -463,7 +463,7 @@ def run_train_gpt(args: argparse.Namespace, config: KoeConfig) -> int:
         pretrained=args.pretrained or _pretrained_file(config, version, "gpt"),
         batch_size=args.batch_size or training.gpt_batch_size,
         epochs=args.epochs or training.gpt_epochs,
-        save_every=args.save_every or training.save_every_epochs,
+        save_every=args.save_every or training.gpt_save_every_epochs,
         keep_latest=args.keep_latest or training.keep_latest,
         device=args.device,
         fp16=training.fp16 and not args.no_fp16,
@@ -569,7 +569,7 @@ def _register_train_sovits(steps) -> None:
         "--batch-size", type=int, metavar="N", help="per GPU; default: [training] sovits_batch_size"
     )
     p.add_argument("--epochs", type=int, metavar="N", help="default: [training] sovits_epochs")
-    p.add_argument("--save-every", type=int, metavar="N", help="default: [training] save_every_epochs")
+    p.add_argument("--save-every", type=int, metavar="N", help="default: [training] sovits_save_every_epochs")
     p.add_argument("--keep-latest", type=int, metavar="N", help="G/D pairs kept ([training] keep_latest)")
     p.add_argument("--no-fp16", action="store_true", help="train in fp32 on CUDA too")
     p.add_argument(
@@ -610,7 +610,7 @@ def run_train_sovits(args: argparse.Namespace, config: KoeConfig) -> int:
         exp_name=exp_dir.name,
         batch_size=args.batch_size if args.batch_size is not None else training.sovits_batch_size,
         epochs=args.epochs if args.epochs is not None else training.sovits_epochs,
-        save_every_epochs=args.save_every if args.save_every is not None else training.save_every_epochs,
+        save_every_epochs=training.sovits_save_every_epochs if args.save_every is None else args.save_every,
         keep_latest=args.keep_latest if args.keep_latest is not None else training.keep_latest,
         fp16=training.fp16 and not args.no_fp16,
         text_low_lr_rate=args.text_low_lr_rate,

@@ -52,7 +52,7 @@ class HubertEncoder:
             from transformers import HubertModel
 
             started = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):  # loading draws init noise; seeded synthesis must not see it
+            with torch.random.fork_rng(devices=[]):  # loading draws init noise: keep it from seeded runs
                 model = HubertModel.from_pretrained(self.model_dir, dtype=self.dtype)
             self._model = model.to(self.device).eval()
             log.info("HuBERT loaded in %.1f s", time.perf_counter() - started)

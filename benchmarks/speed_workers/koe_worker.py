@@ -77,7 +77,7 @@ def main() -> None:
     models = Path(args.models)
     rec = W.Recorder("koe", args.mode, args)
     started = time.perf_counter()
-    bert_dir = models / "chinese-roberta-wwm-ext-large"  # loads at the first Chinese text, after the engine runs
+    bert_dir = models / "chinese-roberta-wwm-ext-large"  # loads at the first Chinese text
     try:
         pipeline = TTSPipeline.from_paths(
             models / "rand-v2-e1.ckpt", models / "rand-v2_e1_s1.pth", bert_dir if bert_dir.is_dir() else None,
