@@ -5,6 +5,7 @@ the microphone (Chromium's fake capture device) to the server's VAD and speech r
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -61,7 +62,10 @@ def chromium(tmp_path: Path, *extra_flags: str):
         *extra_flags,
     ):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    # Without a sound server Chromium renders audio on its own clock. A PulseAudio null sink (the test
+    # machine's virtual speaker) clocks the page's audio graph unevenly, which garbles the fake microphone.
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "PULSE_SERVER")}
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER, env=env))
     driver.set_script_timeout(30)
     return driver
 

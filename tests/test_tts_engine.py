@@ -90,17 +90,22 @@ def test_leaving_the_stream_cancels_within_a_decoder_step(engine):
     engine._busy.release()
 
 
+def counting(model, calls: list):
+    """`model` (HuBERT) that records the length of every waveform it is given."""
+
+    def run(wav):
+        calls.append(len(wav))
+        return model(wav)
+
+    return run
+
+
 def test_reference_features_are_cached_by_content(engine, tmp_path):
     calls = []
     hubert = engine.pipeline.references.hubert
-
-    def counting(wav):
-        calls.append(len(wav))
-        return hubert(wav)
-
     copy = tmp_path / "same_clip.wav"
     copy.write_bytes(voice_spec().ref_audio.read_bytes())
-    engine.pipeline.references.hubert = counting
+    engine.pipeline.references.hubert = counting(hubert, calls)
     try:
         collect(engine, "Hello there, friend.", stream="none")
         collect(engine, "And hello again.", stream="none")
@@ -117,19 +122,14 @@ def test_prompt_tokens_are_cached_on_disk_across_processors(engine, tmp_path):
     from tts.reference import ReferenceProcessor
 
     calls = []
-    hubert = engine.pipeline.references.hubert
-
-    def counting(wav):
-        calls.append(len(wav))
-        return hubert(wav)
-
+    hubert = counting(engine.pipeline.references.hubert, calls)
     clip = voice_spec().ref_audio
-    first = ReferenceProcessor(engine.pipeline.sovits, counting, model_id="voice-a", cache_dir=tmp_path)
+    first = ReferenceProcessor(engine.pipeline.sovits, hubert, model_id="voice-a", cache_dir=tmp_path)
     tokens = first.prompt_semantic(clip)
     assert len(calls) == 1 and len(list(tmp_path.glob("*.npy"))) == 1
-    second = ReferenceProcessor(engine.pipeline.sovits, counting, model_id="voice-a", cache_dir=tmp_path)
+    second = ReferenceProcessor(engine.pipeline.sovits, hubert, model_id="voice-a", cache_dir=tmp_path)
     assert torch.equal(second.prompt_semantic(clip), tokens) and len(calls) == 1
-    other_model = ReferenceProcessor(engine.pipeline.sovits, counting, model_id="voice-b", cache_dir=tmp_path)
+    other_model = ReferenceProcessor(engine.pipeline.sovits, hubert, model_id="voice-b", cache_dir=tmp_path)
     other_model.prompt_semantic(clip)
     assert len(calls) == 2, "tokens of another SoVITS model were reused"
 
