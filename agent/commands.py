@@ -134,16 +134,15 @@ def _audio_devices() -> list[tuple[str, str, str]]:
 def _frontend_data() -> list[tuple[str, str, str]]:
     """The text-frontend data that is not a pip package: NLTK data (English, Korean), Open JTalk (Japanese)."""
     rows = []
-    try:
-        from tts.text.english import require_nltk_data
+    from tts.text.english import nltk_data_found
 
-        require_nltk_data("taggers/averaged_perceptron_tagger_eng/", "English POS tagger")
-        require_nltk_data("corpora/cmudict", "Korean English words")
-        rows.append(("NLTK data", "[green]present[/]", "English tagger, cmudict"))
+    try:
+        if nltk_data_found():
+            rows.append(("NLTK data", "[green]present[/]", "English tagger, cmudict"))
+        else:
+            rows.append(("NLTK data", "[yellow]missing[/]", "koe models download nltk-data"))
     except ModuleNotFoundError:
         rows.append(("NLTK data", "[yellow]nltk not installed[/]", "pip install 'koe[en]'"))
-    except KoeError:
-        rows.append(("NLTK data", "[yellow]missing[/]", "koe models download nltk-data"))
     from tts.text.japanese import dictionary_dir
 
     try:

@@ -201,14 +201,13 @@ def needed_models(config: KoeConfig, character: Character | None, listens: bool)
 
 
 def _nltk_data_found() -> bool:
-    """Whether NLTK finds the English tagger (NLTK_DATA, the models folder or its default folders)."""
-    from tts.text.english import require_nltk_data
+    """Whether NLTK finds its data (NLTK_DATA, the models folder or its default folders)."""
+    from tts.text.english import nltk_data_found
 
     try:
-        require_nltk_data("taggers/averaged_perceptron_tagger_eng/", "the English POS tagger")
-    except (KoeError, ImportError):
+        return nltk_data_found()
+    except ImportError:  # without nltk the English frontend names `pip install 'koe[en]'` itself
         return False
-    return True
 
 
 def check_models(config: KoeConfig, character: Character | None, listens: bool) -> Missing | None:

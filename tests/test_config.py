@@ -75,6 +75,17 @@ def test_bad_speed_settings_name_the_key(tmp_path):
         load_config(write(tmp_path, "[tts]\nprecision = 'int4'\n"))
     with pytest.raises(KoeError, match=r"\[tts\] stream_first_chunk_tokens: .*4"):
         load_config(write(tmp_path, "[tts]\nstream_first_chunk_tokens = 1\n"))
+    with pytest.raises(KoeError, match=r"\[tts\] stream_overlap_tokens: .*1"):
+        load_config(write(tmp_path, "[tts]\nstream_overlap_tokens = 0\n"))
+    with pytest.raises(KoeError, match=r"\[tts\] keep_hubert: .*bool"):
+        load_config(write(tmp_path, "[tts]\nkeep_hubert = 'sometimes'\n"))
+
+
+def test_the_old_shared_save_interval_key_points_to_the_two_new_ones(tmp_path):
+    with pytest.raises(KoeError, match=r"save_every_epochs.*gpt_save_every_epochs.*sovits_save_every_epochs"):
+        load_config(write(tmp_path, "[training]\nsave_every_epochs = 4\n"))
+    with pytest.raises(KoeError, match=r"\[training\] gpt_save_every_epochs: .*1"):
+        load_config(write(tmp_path, "[training]\ngpt_save_every_epochs = 0\n"))
 
 
 def test_invalid_toml_and_missing_file(tmp_path):

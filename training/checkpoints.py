@@ -17,8 +17,6 @@ import torch
 from agent.errors import KoeError
 from tts.weights import PARTIAL_PREFIX
 
-TEMP_PREFIX = PARTIAL_PREFIX  # in-progress writes; ignored by `latest_checkpoint`, removed by `prune`
-
 
 def checkpoints(folder: str | os.PathLike, pattern: str) -> list[tuple[tuple[int, ...], Path]]:
     """Files in `folder` whose name fully matches the regex `pattern`, sorted by its integer groups.
@@ -49,7 +47,7 @@ def prune(folder: str | os.PathLike, pattern: str, keep: int) -> list[Path]:
     doomed = [path for _, path in found[: max(len(found) - keep, 0)]]
     folder = Path(folder)
     if folder.is_dir():
-        doomed += [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
+        doomed += [p for p in folder.iterdir() if p.name.startswith(PARTIAL_PREFIX)]  # in-progress writes
     for path in doomed:
         path.unlink(missing_ok=True)
     return doomed

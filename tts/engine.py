@@ -159,10 +159,8 @@ class TtsEngine:
         references.prepare(self.voice.ref_audio, self.voice.aux_refs)
         for clip in clips:
             references.prepare(clip)
-        if self.voice.ref_text:  # loads the voice language's text frontend (and BERT) now as well
-            self.pipeline.frontend.phones_and_bert(
-                self.voice.ref_text, self.voice.ref_lang, self.pipeline.version
-            )
+        if self.voice.ref_text:  # cached for every reply; loads the language's frontend (and BERT) now
+            self.pipeline.prompt_features(self.voice.ref_text, self.voice.ref_lang)
         if not self.settings.keep_hubert:
             self.pipeline.hubert.release()
         log.info("reference clips and text frontend prepared in %.2f s", time.perf_counter() - started)

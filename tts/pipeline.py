@@ -66,9 +66,8 @@ class RunParams:
     overlap_length: int = 2
     min_chunk_length: int = 16
     fixed_length_chunk: bool = False
-    first_chunk_length: int | None = (
-        None  # koe: send the first chunk after this many tokens (None = official)
-    )
+    # koe: send the first chunk after this many tokens (None = the official chunking)
+    first_chunk_length: int | None = None
 
     @classmethod
     def from_dict(cls, params: dict) -> RunParams:
@@ -463,11 +462,15 @@ class TTSPipeline:
         return self.references.prepare(p.ref_audio_path, p.aux_ref_audio_paths)
 
     def _prompt(self, p: RunParams) -> tuple[list[int], torch.Tensor, str]:
-        text = p.prompt_text.strip("\n")
+        return self.prompt_features(p.prompt_text, p.prompt_lang)
+
+    def prompt_features(self, prompt_text: str, prompt_lang: str) -> tuple[list[int], torch.Tensor, str]:
+        """Phones, BERT features and normalized text of a reference transcript, computed once."""
+        text = prompt_text.strip("\n")
         if text and text[-1] not in SPLITS:
-            text += "." if p.prompt_lang == "en" else "。"
+            text += "." if prompt_lang == "en" else "。"
         if text not in self._prompt_cache:
-            self._prompt_cache[text] = self._phones_and_bert(text, p.prompt_lang)
+            self._prompt_cache[text] = self._phones_and_bert(text, prompt_lang)
         return self._prompt_cache[text]
 
     def _sentences(self, p: RunParams, drop_empty: bool) -> list[Sentence]:

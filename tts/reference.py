@@ -45,6 +45,7 @@ class ReferenceAudio:
     """One clip's style inputs: the spectrogram, and the 16 kHz audio for speaker embeddings."""
 
     path: str
+    key: str  # the clip's content key (`content_key`)
     spec: torch.Tensor  # [1, n_fft // 2 + 1, frames]
     audio16: torch.Tensor | None  # [1, N] (Pro models only)
     sv_emb: torch.Tensor | None = None  # [1, 20480] (Pro models only)
@@ -152,7 +153,7 @@ class ReferenceProcessor:
         self.cache_dir = cache_dir
         self._tokens: dict[str, torch.Tensor] = {}
         self._styles: dict[str, ReferenceAudio] = {}
-        self._style_vectors: dict[tuple[int, ...], torch.Tensor] = {}  # by the cached refs' identities
+        self._style_vectors: dict[tuple[str, ...], torch.Tensor] = {}  # by the clips' content keys
 
     @property
     def config(self):
@@ -188,7 +189,7 @@ class ReferenceProcessor:
         cfg = self.config
         spec = linear_spectrogram(audio, cfg.filter_length, cfg.hop_length, cfg.win_length)
         audio16 = sinc_resample(audio, cfg.sampling_rate, HUBERT_RATE) if cfg.is_pro else None
-        ref = ReferenceAudio(str(path), spec, audio16)
+        ref = ReferenceAudio(str(path), key, spec, audio16)
         self._styles[key] = ref
         return ref
 
@@ -224,7 +225,7 @@ class ReferenceProcessor:
     def style_vector(self, refs: Sequence[ReferenceAudio], device: torch.device) -> torch.Tensor:
         """SoVITS's style vector ge [1, gin, 1] of these references, computed once per set: it depends
         on the clips only, and the official code recomputes it for every decode (same numbers)."""
-        key = tuple(id(ref) for ref in refs)  # refs come from `style`, which keeps them alive
+        key = tuple(ref.key for ref in refs)
         if key not in self._style_vectors:
             specs = [ref.spec.to(device) for ref in refs]
             self._style_vectors[key] = self.sovits.style_vector(specs, self.speaker_embeddings(refs))

@@ -47,6 +47,7 @@ _SIBILANT_ENDINGS = ("S", "Z", "SH", "ZH", "CH", "JH")  # + "'s" -> AH0 Z
 _DROPPED_PHONES = {" ", "<pad>", "UW", "</s>", "<s>"}
 _POSSESSIVE = re.compile(r"^[a-z]+'s$")
 _ASCII_LETTER = re.compile("[a-z]")
+TAGGER, CMUDICT = "taggers/averaged_perceptron_tagger_eng/", "corpora/cmudict"  # NLTK data resources
 
 
 def normalize(text: str) -> str:
@@ -199,6 +200,17 @@ def require_nltk_data(resource: str, needed_for: str) -> None:
         ) from None
 
 
+def nltk_data_found() -> bool:
+    """Whether NLTK finds the data `koe models download nltk-data` provides (raises ModuleNotFoundError
+    without nltk itself)."""
+    try:
+        require_nltk_data(TAGGER, "the English POS tagger")
+        require_nltk_data(CMUDICT, "English words in Korean text")
+    except KoeError:
+        return False
+    return True
+
+
 def _load_frontend() -> _Frontend:
     try:
         import wordsegment
@@ -207,7 +219,7 @@ def _load_frontend() -> _Frontend:
     except ModuleNotFoundError as exc:
         raise KoeError(f"the English frontend needs {exc.name}: pip install 'koe[en]'") from None
 
-    require_nltk_data("taggers/averaged_perceptron_tagger_eng/", "the English POS tagger")
+    require_nltk_data(TAGGER, "the English POS tagger")
     tagger = PerceptronTagger(lang="eng")
     wordsegment.load()
     homographs = en_oov.load_homographs()

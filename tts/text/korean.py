@@ -16,7 +16,7 @@ import re
 import threading
 
 from agent.errors import KoeError
-from tts.text.english import require_nltk_data
+from tts.text.english import CMUDICT, require_nltk_data
 from tts.text.symbols import symbols
 
 _LETTER_NAMES = {
@@ -84,7 +84,7 @@ def _g2pk():
     global _converter
     with _lock:
         if _converter is None:
-            require_nltk_data("corpora/cmudict", "g2pk2 reads English words with it")
+            require_nltk_data(CMUDICT, "g2pk2 reads English words with it")
             try:
                 import jamo  # noqa: F401  (used by g2p)
                 import mecab  # noqa: F401  (python-mecab-ko; present, so g2pk2 will not try to pip-install it)
