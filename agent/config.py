@@ -89,7 +89,7 @@ class TtsConfig(Section):
     backend: Literal["local", "api_v2"] = "local"
     api_v2_url: str = "http://127.0.0.1:9880"  # used when backend = "api_v2"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "int8", "fp16", "bf16"] = "fp32"
+    precision: Literal["fp32", "int8", "int4", "fp16", "bf16"] = "fp32"
     text_split_method: Literal["cut0", "cut1", "cut2", "cut3", "cut4", "cut5"] = "cut5"
     top_k: int = Field(15, ge=1)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

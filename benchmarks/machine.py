@@ -29,7 +29,7 @@ INTERESTING_FLAGS = (
 BANDWIDTH_MIB = 512  # buffer much larger than any last-level cache
 GEMM_N = 2048
 PREFILL_POSITIONS = W.N_PROMPT_PHONES + W.N_TARGET_PHONES + W.N_PROMPT_TOKENS  # 185
-WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}  # int8: the codes only (scales add 1/8)
+WEIGHT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "int4": 0.5}  # codes only (not the block scales)
 
 
 # ------------------------------------------------------------------------------------ description

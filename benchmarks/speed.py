@@ -8,7 +8,7 @@
    peer's package) and runs the peer's own converter where it needs one. A peer that cannot be
    installed or driven is reported with the reason and left out.
 3. Measures how far koe's reduced-precision modes are from fp32 (logits, tokens, waveform).
-4. Runs interleaved rounds (koe-fp32, koe-int8, cpufast, genie, koe-fp32, ...): each engine in its
+4. Runs interleaved rounds (koe-fp32, koe-int8, koe-int4, cpufast, genie, koe-fp32, ...): each engine in its
    own process with 2 threads, after waiting for an idle machine; each round also re-measures the
    machine's floors. Runs that other processes disturbed are dropped.
 5. Prints one table and writes it, with every raw result, to the results folder.
@@ -37,7 +37,7 @@ import workload as W  # noqa: E402
 from benchmarks import machine, speed_report  # noqa: E402
 
 TORCH_PIN = "torch==2.13.0"
-KOE_MODES = ("fp32", "int8", "bf16")  # exact first; the fast ones where from_paths accepts them
+KOE_MODES = ("fp32", "int8", "int4", "bf16")  # exact first; the fast ones where from_paths accepts them
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ def build_report(args, description, engines, raw, machine_runs, quality, notes, 
             row_floors[engine.label] = machine.derived(floor, engine.precision)
     floor_rows = {}
     if floor:
-        for precision in ("fp32", "int8"):
+        for precision in ("fp32", "int8", "int4"):
             floor_rows[f"floor ({precision} T2S)"] = machine.derived(floor, precision)
     quality_cells = {label: "exact (parity mode)" for label in rows if label == "koe-fp32"}
     for label in rows:
@@ -332,7 +332,9 @@ def build_report(args, description, engines, raw, machine_runs, quality, notes, 
     if pipeline.count("\n") > 1:
         text += [
             "",
-            "koe whole pipeline (`TTSPipeline.run`, 13-word English sentence, reference cached):",
+            "Whole runs (koe's `TTSPipeline.run`, the official `TTS.run()` through cpufast; 13-word "
+            "English sentence, front end included, reference cached, every sentence 100 tokens; "
+            "o = official whole run / this):",
             "",
             pipeline,
         ]

@@ -89,3 +89,16 @@ def test_quality_text():
     )
     assert text == "cos 0.99991 (min 0.99980), tokens 99%, SoVITS same"
     assert speed_report.quality_text({"skipped": "unknown precision"}).startswith("not measured")
+
+
+def test_pipeline_table_compares_with_the_official_whole_run_when_it_ran():
+    koe = {"run_rtf": 0.8, "run_first_audio_ms": 700.0, "run_first_audio_koe_ms": 500.0}
+    koe["run_first_audio_zh_ms"] = 600.0
+    engine_only = {"rtf": 2.0, "first_audio_ms": 1500.0}
+    text = speed_report.pipeline_table({"koe-int4": koe, "cpufast": engine_only})
+    assert "| koe-int4 | 0.80 (o2.50) | 700 (o2.14) | 500 (o3.00) | 600 (x1.20) |" in text
+    assert "| cpufast |" not in text  # no whole-run figures: no row of its own
+    whole = {**engine_only, "run_rtf": 2.4, "run_first_audio_ms": 2000.0}
+    text = speed_report.pipeline_table({"koe-int4": koe, "cpufast": whole})
+    assert "| koe-int4 | 0.80 (o3.00) | 700 (o2.86) | 500 (o4.00) |" in text
+    assert "| cpufast | 2.40 (o1.00) | 2000 (o1.00) | — | — |" in text

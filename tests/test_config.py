@@ -71,8 +71,8 @@ def test_bad_literal_lists_choices(tmp_path):
 
 
 def test_bad_speed_settings_name_the_key(tmp_path):
-    with pytest.raises(KoeError, match=r"\[tts\] precision: .*'fp32', 'int8'"):
-        load_config(write(tmp_path, "[tts]\nprecision = 'int4'\n"))
+    with pytest.raises(KoeError, match=r"\[tts\] precision: .*'fp32', 'int8', 'int4'"):
+        load_config(write(tmp_path, "[tts]\nprecision = 'int3'\n"))
     with pytest.raises(KoeError, match=r"\[tts\] stream_first_chunk_tokens: .*4"):
         load_config(write(tmp_path, "[tts]\nstream_first_chunk_tokens = 1\n"))
     with pytest.raises(KoeError, match=r"\[tts\] stream_overlap_tokens: .*1"):

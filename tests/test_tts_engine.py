@@ -297,9 +297,9 @@ def test_api_v2_backend_speaks_through_our_own_server(engine, tmp_path):
             collect(remote, "Hello.", voice=replace(voice_spec(), ref_audio=tmp_path / "missing.wav"))
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "int8", "int4"])
 def test_reduced_precision_t2s_speaks(precision):
-    """`[tts] precision`: the T2S in bf16/fp16/int8 (SoVITS stays fp32) still yields audible speech."""
+    """`[tts] precision`: the T2S in bf16/fp16/int8/int4 (SoVITS stays fp32) still yields audible speech."""
     require_fixtures()
     from tts.engine import TtsEngine
     from tts.pipeline import TTSPipeline
@@ -312,7 +312,12 @@ def test_reduced_precision_t2s_speaks(precision):
     engine = TtsEngine(pipe, voice_spec(), TtsConfig(top_k=1, seed=7))
     audio = np.concatenate([c.audio for c in collect(engine, "Good evening, friends.", stream="none")])
     assert len(audio) > 16000 and np.abs(audio.astype(np.float32)).max() > 300
-    with pytest.raises(KoeError, match="unknown T2S precision 'int4'"):
+    with pytest.raises(KoeError, match="unknown T2S precision 'int3'"):
         TTSPipeline.from_paths(
-            PARITY / "t2s_v2.ckpt", PARITY / "sovits_v2.pth", None, PIPELINE, precision="int4"
+            PARITY / "t2s_v2.ckpt", PARITY / "sovits_v2.pth", None, PIPELINE, precision="int3"
         )
+    if precision in ("int8", "int4"):  # refused before anything loads: no GPU needed to check it
+        from tts.pipeline import load_t2s
+
+        with pytest.raises(KoeError, match=f"{precision} runs on the CPU; use fp16 on a GPU"):
+            load_t2s(PARITY / "t2s_v2.ckpt", "cuda", precision)

@@ -152,28 +152,30 @@ def load_speaker_encoder(sv_path: str | Path | None, device: str | torch.device 
     return lambda audio16: speaker_embedding(model, audio16.to(device))
 
 
-T2S_PRECISIONS = ("fp32", "int8", "fp16", "bf16")
+T2S_PRECISIONS = ("fp32", "int8", "int4", "fp16", "bf16")
 
 
 def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp32"):
     """GPT weights in the chosen precision, with the fastest decode step for it.
 
-    fp32 is exact: on the CPU its one-token step runs through ONNX Runtime with the same fp32 numbers
-    (the parity tests run both). int8 (CPU): the step multiplies 8-bit block-quantized weights (a
-    quarter of the bytes a token reads; the prompt pass stays fp32). fp16 / bf16: torch weights in that
-    type, for GPUs and CPUs with native support.
+    fp32 is exact: on the CPU the stack runs through ONNX Runtime with the same fp32 numbers (the
+    parity tests run both). int8 and int4 (CPU only) give that graph block-quantized weights: a
+    quarter or an eighth of the bytes a token reads; int8 stays very close to fp32, int4 trades a
+    little more of it for the fastest decoding and prompt pass (docs/performance.md has the figures).
+    fp16 / bf16: torch weights in that type, for GPUs and CPUs with native support.
     """
-    from tts.models.t2s_onnx import OnnxStack
+    from tts.models.t2s_onnx import WEIGHT_FORMATS, OnnxStack
     from tts.weights.gpt import load_gpt
 
-    dtypes = {"fp32": torch.float32, "int8": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
+    if precision not in T2S_PRECISIONS:
         raise KoeError(f"unknown T2S precision {precision!r}; expected one of {', '.join(T2S_PRECISIONS)}")
     on_cpu = torch.device(device).type == "cpu"
-    if precision == "int8" and not on_cpu:
-        raise KoeError("T2S precision int8 runs on the CPU; use fp16 on a GPU ([tts] precision)")
-    model = load_gpt(path, device=device, dtype=dtypes[precision]).model
-    if on_cpu and precision in ("fp32", "int8"):
+    quantized = precision in ("int8", "int4")
+    if quantized and not on_cpu:
+        raise KoeError(f"T2S precision {precision} runs on the CPU; use fp16 on a GPU ([tts] precision)")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    model = load_gpt(path, device=device, dtype=dtype).model
+    if on_cpu and precision in WEIGHT_FORMATS:
         model.onnx_stack = OnnxStack(model, precision, release_torch_weights=True)
     return model
 

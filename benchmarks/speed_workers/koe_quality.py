@@ -6,7 +6,7 @@ sequence (fp32's own greedy choice, EOS masked), 100 steps: the logit cosine sim
 mode's waveform against fp32's for the workload codes, same seed ("same" when the mode leaves SoVITS
 in fp32 and the waveforms are identical).
 
-    .venv/bin/python benchmarks/speed_workers/koe_quality.py --models DIR --modes int8,bf16
+    .venv/bin/python benchmarks/speed_workers/koe_quality.py --models DIR --modes int8,int4,bf16
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", required=True)
-    parser.add_argument("--modes", default="int8,bf16")
+    parser.add_argument("--modes", default="int8,int4,bf16")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import torch

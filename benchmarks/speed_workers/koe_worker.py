@@ -22,18 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("NLTK_DATA", str(ROOT.parent / "shared" / "data" / "nltk_data"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the koe CLI runs: idle OpenMP threads do not spin
 
 import numpy as np  # noqa: E402
 import workload as W  # noqa: E402
 
-SHORT = "The quick brown fox jumps over the lazy dog near the river bank."  # 13 words
-SHORT_ZH = "今天早上我和朋友一起去河边的公园散步。"  # 18 characters, about 10 words
-ENGLISH = (SHORT, "en")  # (text, text_lang) of the whole-pipeline runs
-PROMPT_TEXT = "Every morning the baker opens his little shop before the sun comes up."
+os.environ.setdefault("NLTK_DATA", str(W.NLTK_DATA))
+ENGLISH = (W.SHORT, "en")  # (text, text_lang) of the whole-pipeline runs
 
 
 class FixedLength:
@@ -140,7 +136,7 @@ def main() -> None:
 
     if not args.no_pipeline:
         pipeline.t2s = fixed  # every sentence exactly 100 tokens (4 s of speech)
-        request = {"ref_audio_path": ref, "prompt_text": PROMPT_TEXT, "prompt_lang": "en", "seed": 1}
+        request = {"ref_audio_path": ref, "prompt_text": W.PROMPT_TEXT, "prompt_lang": "en", "seed": 1}
 
         def whole(
             streaming: bool, first_chunk: int | None = None, key: str = "run_first_audio_ms", text=ENGLISH
@@ -168,7 +164,7 @@ def main() -> None:
         rec.measure("pipeline_stream_koe", lambda: whole(True, koe_chunk, "run_first_audio_koe_ms"))
         rec.measure("pipeline", lambda: whole(False))
         if bert_dir.is_dir():  # Chinese: the BERT features of the sentence come before its first token
-            chinese = (SHORT_ZH, "zh")
+            chinese = (W.SHORT_ZH, "zh")
             rec.measure(
                 "pipeline_stream_zh", lambda: whole(True, koe_chunk, "run_first_audio_zh_ms", chinese)
             )

@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +33,13 @@ REF_SECONDS = 5.0
 PHONE_VOCAB = 732
 SEMANTIC_VOCAB = 1024
 SEED = 1234
+# the whole-pipeline runs (koe's `TTSPipeline.run`, the official `TTS.run()`): reference transcript
+# and sentences
+PROMPT_TEXT = "Every morning the baker opens his little shop before the sun comes up."
+SHORT = "The quick brown fox jumps over the lazy dog near the river bank."  # 13 words
+SHORT_ZH = "今天早上我和朋友一起去河边的公园散步。"  # 18 characters, about 10 words
+# the NLTK tagger data the English front ends need (the test copy beside the repo)
+NLTK_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "nltk_data"
 RESULT_PREFIX = "RESULT "  # the worker's last stdout line: RESULT {json}
 
 

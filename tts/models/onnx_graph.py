@@ -5,8 +5,8 @@ products (the T2S decode step, bandwidth-bound) and the narrow 1-D convolutions 
 generator (compute-bound). The graphs are built in memory from the loaded weights (no export step,
 no files): `GraphBuilder` collects nodes and weights, `cpu_session` compiles them.
 
-Weights go in as fp32 (the same model, within float rounding) or, for matrix products, as 8-bit
-block-quantized codes (`MatMulNBits`: a quarter of the bytes, int8 dot products).
+Weights go in as fp32 (the same model, within float rounding) or, for matrix products, as 8-bit or
+4-bit block-quantized codes (`MatMulNBits`: a quarter or an eighth of the bytes, int8 dot products).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from agent.errors import KoeError
 from tts.memory import release_memory
 
-QUANT_BLOCK = 32  # weights per int8 scale (along the input dimension)
+QUANT_BLOCK = 32  # weights per scale (along the input dimension), in both 8-bit and 4-bit formats
 ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
 OPSET = 17
 EXTERNAL_BYTES = 1 << 16  # initializers this large are passed to ONNX Runtime in place, not serialized
@@ -45,6 +45,50 @@ def dequantize_blocks(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return values.reshape(rows, nblocks * block)
 
 
+def quantize_blocks_4bit(
+    weight: np.ndarray, block: int = QUANT_BLOCK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric 4-bit quantization per block of `block` inputs, in `MatMulNBits`' bits=4 layout.
+
+    weight [N, K] -> (codes uint8 [N, K/block, block/2], two per byte, the even input in the low
+    nibble; scales float32 [N * K/block]; zero points uint8 [N, ceil(K/block / 2)], two per byte).
+    A block's range [min, max] (widened to hold 0) maps onto the 16 codes: w = (code - zero) * scale.
+    """
+    rows, cols = weight.shape
+    if cols % block or block % 2:
+        raise KoeError(f"cannot quantize a [{rows}, {cols}] weight in blocks of {block}")
+    blocks = weight.reshape(rows, cols // block, block)
+    low, high = np.minimum(blocks.min(axis=-1), 0), np.maximum(blocks.max(axis=-1), 0)
+    scale = (high - low) / 15.0
+    scale[scale == 0] = 1.0
+    zero = np.clip(np.round(-low / scale), 0, 15).astype(np.uint8)
+    codes = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 15).astype(np.uint8)
+    if zero.shape[1] % 2:  # an odd block count: the last byte's high nibble is unused
+        zero = np.pad(zero, ((0, 0), (0, 1)))
+    return (
+        _pack_nibbles(codes),
+        scale.astype(np.float32).reshape(-1),
+        _pack_nibbles(zero),
+    )
+
+
+def dequantize_blocks_4bit(codes: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """The weight [N, K] that `quantize_blocks_4bit` codes stand for."""
+    rows, nblocks, half = codes.shape
+    values = _unpack_nibbles(codes).astype(np.float32)  # [N, blocks, block]
+    zeros = _unpack_nibbles(zero)[:, :nblocks, None].astype(np.float32)
+    return ((values - zeros) * scale.reshape(rows, nblocks, 1)).reshape(rows, nblocks * half * 2)
+
+
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """uint8 values < 16 [..., 2n] -> bytes [..., n], the even element in the low nibble."""
+    return values[..., 0::2] | (values[..., 1::2] << 4)
+
+
+def _unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+
+
 def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
@@ -52,7 +96,7 @@ def _array(t: torch.Tensor) -> np.ndarray:
 class GraphBuilder:
     """Collects the nodes and initializers of one graph; each helper returns its output's name.
 
-    `weights` ("fp32" or "int8") is the format of the matrices given to `linear`.
+    `weights` ("fp32", "int8" or "int4") is the format of the matrices given to `linear`.
     """
 
     def __init__(self, weights: str = "fp32"):
@@ -96,11 +140,14 @@ class GraphBuilder:
         if self.weights == "fp32":
             y = self.node("MatMul", [x, self.const(f"{name}.wT", w.T)], f"{name}.mm")
         else:
-            codes, scale = quantize_blocks(w)
+            bits = {"int8": 8, "int4": 4}[self.weights]
+            quantized = quantize_blocks(w) if bits == 8 else quantize_blocks_4bit(w)
+            parts = [
+                self.const(f"{name}.{part}", value) for part, value in zip(("q", "scale", "zero"), quantized)
+            ]
             y = self.node(
-                "MatMulNBits", [x, self.const(f"{name}.q", codes), self.const(f"{name}.scale", scale)],
-                f"{name}.mm", domain="com.microsoft", K=cols, N=rows, bits=8, block_size=QUANT_BLOCK,
-                accuracy_level=ACCURACY_INT8,
+                "MatMulNBits", [x, *parts], f"{name}.mm", domain="com.microsoft", K=cols, N=rows, bits=bits,
+                block_size=QUANT_BLOCK, accuracy_level=ACCURACY_INT8,
             )  # fmt: skip
         if bias is None:
             return y

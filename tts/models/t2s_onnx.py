@@ -2,16 +2,17 @@
 
 A decode step reads every weight of the model once for one token, so it is bound by memory bandwidth,
 and torch's own M=1 paths stay far from it (measured: fp32 about 3x off the DRAM floor, int8 dynamic
-quantization no better); MLAS streams at close to the floor, in fp32 (the same numbers within ~1e-6)
-or with int8 block-quantized weights (a quarter of the bytes). One graph holds the whole stack (24
-layers, ~10 nodes each), so a token costs one `run` instead of thousands of torch ops.
+quantization no better); MLAS streams much closer to it, in fp32 (the same numbers within ~1e-6) or
+with 8-bit or 4-bit block-quantized weights (a quarter or an eighth of the bytes). One graph holds the
+whole stack (24 layers, 8 nodes each: the fused q/k/v projection feeds the attention packed), so a
+token costs one `run` instead of thousands of torch ops.
 
 The KV cache stays koe's `KVCache` (torch tensors [layers, batch, heads, capacity, head_dim]):
 `GroupQueryAttention` reads and appends to each layer's buffer in place (past and present bound to the
 same memory), so nothing is copied per step. The attention mask travels as an additive bias, so the
 prompt pass (text sees all text) and padded batches run through the same graph.
 
-Build it once per loaded GPT weights: `model.onnx_stack = OnnxStack(model, "int8")`.
+Build it once per loaded GPT weights: `model.onnx_stack = OnnxStack(model, "int4")`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tts.models.onnx_graph import BuiltGraph, GraphBuilder, cpu_session, release
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FORMATS = ("fp32", "int8")
+WEIGHT_FORMATS = ("fp32", "int8", "int4")
 
 
 def build_stack_graph(model, weights: str) -> BuiltGraph:
@@ -44,7 +45,6 @@ def build_stack_graph(model, weights: str) -> BuiltGraph:
     config = model.config
     dim, heads, head_dim = config.dim, config.num_heads, config.head_dim
     g = GraphBuilder(weights)
-    split = g.const("qkv_split", np.array([dim, dim, dim], dtype=np.int64))
     cache_shape = ["batch", heads, "capacity", head_dim]
     inputs = [
         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length", dim]),
@@ -59,9 +59,6 @@ def build_stack_graph(model, weights: str) -> BuiltGraph:
     for i, layer in enumerate(model.h.layers):
         attn, name = layer.self_attn, f"layer{i}"
         qkv = g.linear(x, attn.in_proj_weight, attn.in_proj_bias, f"{name}.qkv")
-        g.nodes.append(
-            helper.make_node("Split", [qkv, split], [f"{name}.q", f"{name}.k", f"{name}.v"], axis=-1)
-        )
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", TensorProto.FLOAT, cache_shape))
             outputs.append(
@@ -70,7 +67,7 @@ def build_stack_graph(model, weights: str) -> BuiltGraph:
         g.nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
-                [f"{name}.q", f"{name}.k", f"{name}.v", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_len",
+                [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k", "total_len",
                  "", "", "", "attention_bias"],
                 [f"{name}.attn", f"present_key_{i}", f"present_value_{i}"],
                 domain="com.microsoft", num_heads=heads, kv_num_heads=heads, causal=0,
