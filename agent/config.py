@@ -105,7 +105,7 @@ class TtsConfig(Section):
     stream_overlap_tokens: int = Field(2, ge=1)  # decoded again across a chunk join (official overlap_length)
     g2pw: bool = False  # Chinese polyphone model (needs `koe models download g2pw`)
     keep_hubert: bool = False  # keep HuBERT (~380 MB) loaded after the voice's clips are prepared
-    cache_dir: Path | None = None  # reference-feature cache; None = <models.dir>/cache
+    cache_dir: Path | None = None  # reference features and traced graphs; None = <models.dir>/cache
 
 
 class CharacterConfig(Section):

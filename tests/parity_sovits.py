@@ -14,16 +14,19 @@ import numpy as np
 import torch
 
 from tts.models.generator_onnx import OnnxGenerator
+from tts.models.text_encoder_onnx import OnnxTextEncoder
 from tts.spectrogram import linear_spectrogram, mel_spectrogram, spec_to_log_mel
 from tts.weights.sovits import load_sovits
 
 
 @lru_cache(maxsize=8)
 def _model(path: str, runtime: str = "torch"):
-    """The model of a fixture; runtime "onnx" runs its generator through the ONNX Runtime graph."""
+    """The model of a fixture; runtime "onnx" runs its text encoder and generator through their ONNX
+    Runtime graphs."""
     model = load_sovits(path)
     if runtime == "onnx":
         model.dec.onnx = OnnxGenerator(model.dec, threads=1)
+        model.enc_p.onnx = OnnxTextEncoder(model.enc_p, threads=1)
     return model
 
 

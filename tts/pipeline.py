@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from agent.errors import KoeError
+from tts.memory import trim_heap
 from tts.models.sampling import SamplingParams
 from tts.models.t2s_decode import generate, generate_batch, mute_token_similarity, stream
 from tts.reference import ReferenceProcessor, SpeakerEncoder
@@ -180,9 +181,11 @@ def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp3
     return model
 
 
-def load_synthesizer(path: str | Path, device: str | torch.device):
-    """SoVITS weights for synthesis; on the CPU the generator runs through ONNX Runtime (same fp32 numbers)."""
+def load_synthesizer(path: str | Path, device: str | torch.device, cache_dir: Path | None = None):
+    """SoVITS weights for synthesis; on the CPU the text encoder and the generator run through ONNX
+    Runtime (same fp32 numbers). `cache_dir` keeps the traced text-encoder graph between runs."""
     from tts.models.generator_onnx import OnnxGenerator
+    from tts.models.text_encoder_onnx import OnnxTextEncoder, graph_cache_path
     from tts.weights.sovits import load_sovits
 
     sovits = load_sovits(path, device=device)
@@ -192,6 +195,8 @@ def load_synthesizer(path: str | Path, device: str | torch.device):
         )
     if torch.device(device).type == "cpu":
         sovits.dec.onnx = OnnxGenerator(sovits.dec, release_torch_weights=True)
+        cache = None if cache_dir is None else graph_cache_path(cache_dir, path)
+        sovits.enc_p.onnx = OnnxTextEncoder(sovits.enc_p, release_torch_weights=True, cache=cache)
     return sovits
 
 
@@ -280,7 +285,7 @@ class TTSPipeline:
 
         started = time.perf_counter()
         t2s = load_t2s(gpt_path, device, precision)
-        sovits = load_synthesizer(sovits_path, device)
+        sovits = load_synthesizer(sovits_path, device, cache_dir)
         if sovits.config.is_pro and speaker_encoder is None:
             speaker_encoder = load_speaker_encoder(sv_path, device)
         hubert = HubertEncoder(hubert_dir, device=device)
@@ -304,7 +309,7 @@ class TTSPipeline:
     def set_sovits_weights(self, path: str | Path) -> None:
         """Load another SoVITS file (any supported version); cached reference features are dropped,
         unlike the official server, which keeps prompt tokens of the previous model."""
-        sovits = load_synthesizer(path, self.device)
+        sovits = load_synthesizer(path, self.device, self.cache_dir)
         speaker_encoder = self.speaker_encoder
         if sovits.config.is_pro and speaker_encoder is None:
             speaker_encoder = load_speaker_encoder(self.sv_path, self.device)
@@ -386,6 +391,8 @@ class TTSPipeline:
             yield from self._run(params, trace)
         except SynthesisStopped:
             log.info("synthesis stopped")
+        finally:  # the request's activations go back to the system, not into the resident set
+            trim_heap()
 
     def _run(self, params: dict, trace: PipelineTrace | None) -> Iterator[tuple[int, np.ndarray]]:
         p = RunParams.from_dict(params)

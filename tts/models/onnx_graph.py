@@ -209,11 +209,13 @@ def release_parameters(module: torch.nn.Module) -> None:
     release_memory()
 
 
-def cpu_session(graph: BuiltGraph, threads: int | None = None):
+def cpu_session(graph: BuiltGraph, threads: int | None = None, memory_arena: bool = True):
     """An ONNX Runtime CPU session for a built graph, with koe's thread count (torch's by default).
 
     ONNX Runtime copies the graph's large weights while it loads (AddExternalInitializers); the
-    arrays can be dropped afterwards.
+    arrays can be dropped afterwards. `memory_arena=False` leaves activations to malloc, so memory
+    a long input needed goes back to the system after the run instead of staying in ONNX Runtime's
+    arena for the life of the session.
     """
     try:
         import onnxruntime as ort
@@ -223,6 +225,7 @@ def cpu_session(graph: BuiltGraph, threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers are noise here
+    options.enable_cpu_mem_arena = memory_arena
     if graph.external:
         names = list(graph.external)
         options.add_external_initializers(

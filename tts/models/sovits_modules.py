@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agent.errors import KoeError
+
 RELATIVE_WINDOW = 4  # relative-position window of the text/SSL encoders (keys emb_rel_k/v [1, 9, k])
 
 
@@ -52,7 +54,7 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(1, -1)  # [B, T, C]
-        x = F.layer_norm(x, (x.shape[-1],), self.gamma, self.beta, self.eps)
+        x = F.layer_norm(x, self.gamma.shape, self.gamma, self.beta, self.eps)
         return x.transpose(1, -1)
 
 
@@ -224,9 +226,15 @@ class TextEncoder(nn.Module):
         self.mrte = MRTE(channels)
         self.encoder2 = AttentionEncoder(*half_depth)
         self.proj = nn.Conv1d(channels, out_channels * 2, 1)
+        self.onnx = None  # `encode` as an ONNX Runtime graph (text_encoder_onnx.py), used when set
 
     def encode(self, ssl, ssl_lengths, text, text_lengths, ge):
         """ssl [B, 768, T], text [B, L] ids, ge [B, 512, 1] -> hidden [B, C, T] and mask [B, 1, T]."""
+        if self.onnx is not None and not self.training:
+            if self.onnx.supports(ssl):
+                return self.onnx(ssl, ssl_lengths, text, text_lengths, ge)
+            if self.onnx.released_torch_weights:
+                raise KoeError("this text encoder runs only through its ONNX Runtime graph (CPU, fp32 input)")
         ssl_mask = sequence_mask(ssl_lengths, ssl.shape[2], ssl.dtype)
         y = self.ssl_proj(ssl * ssl_mask) * ssl_mask
         y = self.encoder_ssl(y * ssl_mask, ssl_mask)
