@@ -75,8 +75,7 @@ class OnnxGenerator:
         graph = build_generator_graph(generator)
         if release_torch_weights:  # the graph holds the arrays until the session has copied them
             release_parameters(generator)
-        # no arena: a long sentence's activations (~100 MB for 4 s) go back to the system after the run
-        self.session = cpu_session(graph, threads, memory_arena=False)
+        self.session = cpu_session(graph, threads)
         self.conditioned = hasattr(generator, "cond")
         self.released_torch_weights = release_torch_weights
         log.info("SoVITS generator ONNX Runtime graph ready in %.1f s", time.perf_counter() - started)

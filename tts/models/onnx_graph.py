@@ -200,6 +200,28 @@ class BuiltGraph:
     model: bytes
     external: dict[str, np.ndarray]
 
+    @classmethod
+    def from_onnx(cls, model: bytes) -> BuiltGraph:
+        """A graph serialized elsewhere (e.g. by torch's exporter), with its large initializers moved
+        out of the protobuf as `GraphBuilder` leaves them."""
+        import onnx
+        from onnx import numpy_helper
+
+        proto = onnx.load_from_string(model)
+        external = {}
+        for tensor in proto.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or not tensor.raw_data:
+                continue
+            value = numpy_helper.to_array(tensor)
+            if value.nbytes < EXTERNAL_BYTES:
+                continue
+            external[tensor.name] = value
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, entry in (("location", "koe-memory"), ("offset", "0"), ("length", str(value.nbytes))):
+                tensor.external_data.add(key=key, value=entry)
+        return cls(proto.SerializeToString(), external)
+
 
 def release_parameters(module: torch.nn.Module) -> None:
     """Drop the torch copies of weights that an ONNX Runtime graph holds (resident memory), and hand
@@ -209,13 +231,12 @@ def release_parameters(module: torch.nn.Module) -> None:
     release_memory()
 
 
-def cpu_session(graph: BuiltGraph, threads: int | None = None, memory_arena: bool = True):
+def cpu_session(graph: BuiltGraph, threads: int | None = None):
     """An ONNX Runtime CPU session for a built graph, with koe's thread count (torch's by default).
 
     ONNX Runtime copies the graph's large weights while it loads (AddExternalInitializers); the
-    arrays can be dropped afterwards. `memory_arena=False` leaves activations to malloc, so memory
-    a long input needed goes back to the system after the run instead of staying in ONNX Runtime's
-    arena for the life of the session.
+    arrays can be dropped afterwards. (It keeps the serialized graph for the session's life, which is
+    why large weights never go into it.)
     """
     try:
         import onnxruntime as ort
@@ -225,7 +246,6 @@ def cpu_session(graph: BuiltGraph, threads: int | None = None, memory_arena: boo
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # warnings about unused initializers are noise here
-    options.enable_cpu_mem_arena = memory_arena
     if graph.external:
         names = list(graph.external)
         options.add_external_initializers(

@@ -47,8 +47,9 @@ class _Encode(nn.Module):
         return self.encoder.encode(ssl, ssl_lengths, text, text_lengths, ge)
 
 
-def export_encode_graph(encoder: nn.Module) -> BuiltGraph:
-    """The ONNX graph of `encoder.encode`, traced on a small example with every length dynamic.
+def export_encode_graph(encoder: nn.Module) -> bytes:
+    """The ONNX model of `encoder.encode` (weights included), traced on a small example with every
+    length dynamic.
 
     Inputs: ssl [B, 768, T] float, ssl_lengths [B] int64, text [B, L] int64, text_lengths [B] int64,
     ge [B, 512, 1] float (the style the MRTE adds). Outputs: y [B, C, T], mask [B, 1, T].
@@ -80,7 +81,7 @@ def export_encode_graph(encoder: nn.Module) -> BuiltGraph:
         raise KoeError(f"could not export the SoVITS text encoder to ONNX: {type(e).__name__}: {e}") from e
     finally:
         encoder.train(was_training)
-    return BuiltGraph(buffer.getvalue(), {})
+    return buffer.getvalue()
 
 
 def graph_cache_path(cache_dir: Path, weights_path: str | Path) -> Path:
@@ -111,12 +112,14 @@ class OnnxTextEncoder:
         started = time.perf_counter()
         cached = cache is not None and cache.is_file()
         if cached:
-            graph = BuiltGraph(cache.read_bytes(), {})
+            model = cache.read_bytes()
         else:
-            graph = export_encode_graph(encoder)
+            model = export_encode_graph(encoder)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(cache, graph.model)
+                write_atomic(cache, model)
+        graph = BuiltGraph.from_onnx(model)  # the weights handed over in place, not kept serialized
+        del model
         if release_torch_weights:
             release_parameters(nn.ModuleList(getattr(encoder, part) for part in ENCODE_PARTS))
         self.session = cpu_session(graph, threads)
