@@ -91,9 +91,19 @@ class Koe:
         return events
 
     def stop(self) -> int:
+        """Ctrl-C, and its exit status. A koe that does not stop fails the test and is killed, so it
+        cannot hold the virtual microphone through the tests after it."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=20)
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            tail = "".join(self.stderr)[-2000:]
+            raise AssertionError(
+                f"koe did not stop within 20 s of Ctrl-C; its stderr ends:\n{tail}"
+            ) from None
 
 
 def test_listen_hears_words_from_the_virtual_microphone(virtual_audio, tmp_path):
