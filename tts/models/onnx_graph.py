@@ -122,9 +122,7 @@ class GraphBuilder:
         tensor = TensorProto(
             name=name, data_type=helper.np_dtype_to_tensor_dtype(value.dtype), dims=value.shape
         )
-        tensor.data_location = TensorProto.EXTERNAL
-        for key, entry in (("location", "koe-memory"), ("offset", "0"), ("length", str(value.nbytes))):
-            tensor.external_data.add(key=key, value=entry)
+        _mark_external(tensor, value.nbytes)
         self.initializers.append(tensor)
         self.external[name] = value
         return name
@@ -217,10 +215,17 @@ class BuiltGraph:
                 continue
             external[tensor.name] = value
             tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            for key, entry in (("location", "koe-memory"), ("offset", "0"), ("length", str(value.nbytes))):
-                tensor.external_data.add(key=key, value=entry)
+            _mark_external(tensor, value.nbytes)
         return cls(proto.SerializeToString(), external)
+
+
+def _mark_external(tensor, nbytes: int) -> None:
+    """Name a TensorProto's data as held outside the graph (handed over by `cpu_session`)."""
+    from onnx import TensorProto
+
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, entry in (("location", "koe-memory"), ("offset", "0"), ("length", str(nbytes))):
+        tensor.external_data.add(key=key, value=entry)
 
 
 def release_parameters(module: torch.nn.Module) -> None:
