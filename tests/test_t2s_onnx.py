@@ -2,8 +2,8 @@
 
 The exact fp32 graph also runs every official decode fixture (test_parity_models.py); here: the prompt
 pass and the decode steps match torch and fill the cache like torch, padded batches work through the
-attention bias, the quantized weights are laid out as `MatMulNBits` reads them, and the int8 and int4
-graphs stay as close to fp32 as their documented deviation.
+attention bias, the quantized weights are laid out as `DynamicQuantizeMatMul` (int8) and `MatMulNBits`
+(int4) read them, and the int8 and int4 graphs stay as close to fp32 as their documented deviation.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from tts.models.onnx_graph import (
     GraphBuilder,
     cpu_session,
-    dequantize_blocks,
     dequantize_blocks_4bit,
-    quantize_blocks,
+    dequantize_columns,
     quantize_blocks_4bit,
+    quantize_columns,
 )
 from tts.models.t2s import T2SConfig, T2SModel, prefill_mask
 from tts.models.t2s_onnx import OnnxStack
@@ -55,12 +55,15 @@ def _run(model: T2SModel, stack: OnnxStack | None, steps: int = 8, batch: int = 
     return logits, cache
 
 
-def test_quantize_blocks_round_trip_error_is_half_a_step():
-    weight = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
-    codes, scale = quantize_blocks(weight, block=32)
-    assert codes.dtype == np.uint8 and codes.shape == (16, 2, 32) and scale.shape == (32,)
-    error = np.abs(dequantize_blocks(codes, scale) - weight).reshape(16, 2, 32)
-    assert (error <= scale.reshape(16, 2, 1) / 2 + 1e-7).all()
+def test_quantize_columns_round_trip_error_is_half_a_step_within_7_bits():
+    weight = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
+    weight[:, 3] = 0  # an all-zero column keeps a usable scale
+    codes, scale = quantize_columns(weight)
+    assert codes.dtype == np.int8 and codes.shape == (64, 16) and scale.shape == (16,)
+    assert np.abs(codes).max() == 63  # 7 bits: AVX2's pairwise int16 sums cannot saturate
+    assert (np.abs(codes).max(axis=0)[[0, 1, 2, 4]] == 63).all()
+    error = np.abs(dequantize_columns(codes, scale) - weight)
+    assert (error <= scale / 2 + 1e-7).all()
 
 
 def test_quantize_blocks_4bit_round_trip_error_is_half_a_step():
@@ -72,13 +75,13 @@ def test_quantize_blocks_4bit_round_trip_error_is_half_a_step():
     assert (error <= scale.reshape(16, 3, 1) / 2 + 1e-6).all()
 
 
-def _one_matmul(weight: torch.Tensor, weights: str):
-    """A graph with one `GraphBuilder.linear` of `weight` [N, K] (no bias), as an ONNX Runtime session."""
+def _one_matmul(weight: torch.Tensor, bias: torch.Tensor, weights: str):
+    """A graph with one `GraphBuilder.linear` of `weight` [N, K] and `bias`, as an ONNX Runtime session."""
     from onnx import TensorProto, helper
 
     rows, cols = weight.shape
     g = GraphBuilder(weights)
-    y = g.linear("x", weight, None, "w")
+    y = g.linear("x", weight, bias, "w")
     built = g.build(
         "one",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cols])],
@@ -88,30 +91,33 @@ def _one_matmul(weight: torch.Tensor, weights: str):
 
 
 @pytest.mark.parametrize("weights", ["int8", "int4"])
-def test_quantized_codes_are_what_matmulnbits_multiplies(weights):
-    """The graph's product equals x times the dequantized codes (activations quantized per block add
-    ~1% error), and not the product with the nibbles or zero points read the other way round."""
+def test_quantized_codes_are_what_the_kernel_multiplies(weights):
+    """The graph's product equals x times the dequantized codes plus the bias (activations quantized
+    per call add ~1% error), and not the product with the codes read another way or the bias lost."""
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 128)).astype(np.float32) + rng.standard_normal((64, 1)).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32) * 10
     x = rng.standard_normal((1, 128)).astype(np.float32)
-    session, output = _one_matmul(torch.from_numpy(w), weights)
+    session, output = _one_matmul(torch.from_numpy(w), torch.from_numpy(bias), weights)
     got = session.run([output], {"x": x})[0][0]
     if weights == "int8":
-        dequantized = dequantize_blocks(*quantize_blocks(w))
-        wrong = -dequantized  # codes read as signed around 0 instead of 128
+        dequantized = dequantize_columns(*quantize_columns(w.T)).T
+        peak = np.abs(w).max(axis=1, keepdims=True)
+        wrong = dequantized * peak[::-1] / peak  # each output column scaled by another column's scale
     else:
         codes, scale, zero = quantize_blocks_4bit(w)
         dequantized = dequantize_blocks_4bit(codes, scale, zero)
         swapped = (codes >> 4) | ((codes & 0x0F) << 4)  # the odd input in the low nibble
         wrong = dequantize_blocks_4bit(swapped, scale, zero)
-    expected = (x @ dequantized.T)[0]
+    expected = (x @ dequantized.T)[0] + bias
 
     def cosine(a, b):
         return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
     assert cosine(got, expected) > 0.9995
     assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
-    assert cosine(got, (x @ wrong.T)[0]) < 0.99
+    assert cosine(got, (x @ wrong.T)[0] + bias) < 0.99
+    assert np.abs(got - (x @ dequantized.T)[0]).max() > 5  # the bias was added
 
 
 def test_fp32_graph_matches_torch_and_fills_the_cache_in_place():

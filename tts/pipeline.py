@@ -160,9 +160,10 @@ def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp3
     """GPT weights in the chosen precision, with the fastest decode step for it.
 
     fp32 is exact: on the CPU the stack runs through ONNX Runtime with the same fp32 numbers (the
-    parity tests run both). int8 and int4 (CPU only) give that graph block-quantized weights: a
-    quarter or an eighth of the bytes a token reads; int8 stays very close to fp32, int4 trades a
-    little more of it for the fastest decoding and prompt pass (docs/performance.md has the figures).
+    parity tests run both). int8 and int4 (CPU only) give that graph quantized weights: int8 reads a
+    quarter of the bytes a token reads and runs the prompt pass about twice as fast (the soonest first
+    audio), close to fp32; int4 reads an eighth (the fastest decoding, the least memory) and trades a
+    little more closeness for it (docs/performance.md has the figures).
     fp16 / bf16: torch weights in that type, for GPUs and CPUs with native support.
     """
     from tts.models.t2s_onnx import WEIGHT_FORMATS, OnnxStack

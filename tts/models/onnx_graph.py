@@ -5,8 +5,10 @@ products (the T2S decode step, bandwidth-bound) and the narrow 1-D convolutions 
 generator (compute-bound). The graphs are built in memory from the loaded weights (no export step,
 no files): `GraphBuilder` collects nodes and weights, `cpu_session` compiles them.
 
-Weights go in as fp32 (the same model, within float rounding) or, for matrix products, as 8-bit or
-4-bit block-quantized codes (`MatMulNBits`: a quarter or an eighth of the bytes, int8 dot products).
+Weights go in as fp32 (the same model, within float rounding) or, for matrix products, as 8-bit codes
+with a scale per output column (`DynamicQuantizeMatMul`: activations quantized per call, MLAS's int8
+GEMM, which also makes many-row products about twice as fast as fp32) or 4-bit codes with a scale per
+block of 32 inputs (`MatMulNBits`: an eighth of the bytes, int8 dot products).
 """
 
 from __future__ import annotations
@@ -19,30 +21,29 @@ import torch
 from agent.errors import KoeError
 from tts.memory import release_memory
 
-QUANT_BLOCK = 32  # weights per scale (along the input dimension), in both 8-bit and 4-bit formats
+QUANT_BLOCK = 32  # 4-bit weights per scale (along the input dimension)
 ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
+INT7_MAX = 63  # the 8-bit format's codes: see quantize_columns
 OPSET = 17
 EXTERNAL_BYTES = 1 << 16  # initializers this large are passed to ONNX Runtime in place, not serialized
 
 
-def quantize_blocks(weight: np.ndarray, block: int = QUANT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric 8-bit quantization per block of `block` inputs: weight [N, K] -> (uint8 [N, K/block, block]
-    stored with the implicit zero point 128, float32 scales [N * K/block])."""
-    rows, cols = weight.shape
-    if cols % block:
-        raise KoeError(f"cannot quantize a [{rows}, {cols}] weight in blocks of {block}")
-    blocks = weight.reshape(rows, cols // block, block)
-    scale = np.abs(blocks).max(axis=-1) / 127.0
+def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 7-bit quantization per output column, in `DynamicQuantizeMatMul`'s layout:
+    weight [K, N] -> (int8 codes [K, N] within +-63, float32 scales [N]); w = code * scale.
+
+    Why 7 bits: without VNNI (AVX2 only), MLAS multiplies uint8 activations by int8 weights in pairs
+    summed into int16 (vpmaddubsw), which saturates for full-range codes; 255 * 63 * 2 fits.
+    """
+    scale = np.abs(weight).max(axis=0) / INT7_MAX
     scale[scale == 0] = 1.0
-    codes = np.clip(np.round(blocks / scale[..., None]), -127, 127) + 128
-    return codes.astype(np.uint8), scale.astype(np.float32).reshape(-1)
+    codes = np.clip(np.round(weight / scale), -INT7_MAX, INT7_MAX)
+    return codes.astype(np.int8), scale.astype(np.float32)
 
 
-def dequantize_blocks(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """The weight [N, K] that `quantize_blocks` codes stand for (what the int8 graph multiplies with)."""
-    rows, nblocks, block = codes.shape
-    values = (codes.astype(np.float32) - 128) * scale.reshape(rows, nblocks, 1)
-    return values.reshape(rows, nblocks * block)
+def dequantize_columns(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The weight [K, N] that `quantize_columns` codes stand for."""
+    return codes.astype(np.float32) * scale
 
 
 def quantize_blocks_4bit(
@@ -137,19 +138,21 @@ class GraphBuilder:
         rows, cols = w.shape
         if self.weights == "fp32":
             y = self.node("MatMul", [x, self.const(f"{name}.wT", w.T)], f"{name}.mm")
-        else:
-            bits = {"int8": 8, "int4": 4}[self.weights]
-            quantized = quantize_blocks(w) if bits == 8 else quantize_blocks_4bit(w)
-            parts = [
-                self.const(f"{name}.{part}", value) for part, value in zip(("q", "scale", "zero"), quantized)
-            ]
-            y = self.node(
-                "MatMulNBits", [x, *parts], f"{name}.mm", domain="com.microsoft", K=cols, N=rows, bits=bits,
-                block_size=QUANT_BLOCK, accuracy_level=ACCURACY_INT8,
-            )  # fmt: skip
-        if bias is None:
-            return y
-        return self.node("Add", [y, self.const(f"{name}.b", _array(bias))], f"{name}.y")
+            if bias is None:
+                return y
+            return self.node("Add", [y, self.const(f"{name}.b", _array(bias))], f"{name}.y")
+        bias_input = "" if bias is None else self.const(f"{name}.b", _array(bias))  # added by the kernel
+        if self.weights == "int8":
+            codes, scale = quantize_columns(w.T)
+            inputs = [x, self.const(f"{name}.q", codes), self.const(f"{name}.scale", scale), "", bias_input]
+            return self.node("DynamicQuantizeMatMul", inputs, f"{name}.mm", domain="com.microsoft")
+        codes, scale, zero = quantize_blocks_4bit(w)
+        inputs = [x, self.const(f"{name}.q", codes), self.const(f"{name}.scale", scale),
+                  self.const(f"{name}.zero", zero), "", bias_input]  # fmt: skip
+        return self.node(
+            "MatMulNBits", inputs, f"{name}.mm", domain="com.microsoft", K=cols, N=rows, bits=4,
+            block_size=QUANT_BLOCK, accuracy_level=ACCURACY_INT8,
+        )  # fmt: skip
 
     def layer_norm(self, x: str, norm: torch.nn.LayerNorm, name: str) -> str:
         gamma, beta = (

@@ -3,7 +3,8 @@
 A decode step reads every weight of the model once for one token, so it is bound by memory bandwidth,
 and torch's own M=1 paths stay far from it (measured: fp32 about 3x off the DRAM floor, int8 dynamic
 quantization no better); MLAS streams much closer to it, in fp32 (the same numbers within ~1e-6) or
-with 8-bit or 4-bit block-quantized weights (a quarter or an eighth of the bytes). One graph holds the
+with 8-bit weights (a quarter of the bytes; MLAS's int8 GEMM also runs the prompt pass about twice as
+fast as fp32) or 4-bit block-quantized ones (an eighth: the fastest steps). One graph holds the
 whole stack (24 layers, 8 nodes each: the fused q/k/v projection feeds the attention packed), so a
 token costs one `run` instead of thousands of torch ops.
 
