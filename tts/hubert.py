@@ -1,7 +1,9 @@
 """HuBERT content features of the reference clip: the input of SoVITS `extract_latent`.
 
-The official pipeline feeds the raw 16 kHz waveform to `transformers.HubertModel` (its feature
-extractor is loaded but bypassed: no normalisation) and uses `last_hidden_state`, 50 frames/s.
+The official pipeline feeds the raw 16 kHz waveform (no normalisation) to a HuBERT base model and
+uses its last hidden state, 50 frames/s. koe runs its own implementation of the same architecture
+(`tts.models.hubert`), loading the official chinese-hubert-base folder as it is; transformers is
+not needed (nor imported) here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from agent.errors import KoeError
 from tts.memory import release_memory
+from tts.models.hubert import Hubert, HubertConfig, load_hubert
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +44,17 @@ class HubertEncoder:
             self.num_layers = int(json.loads(config.read_text())["num_hidden_layers"])
         except (ValueError, KeyError, TypeError) as exc:
             raise KoeError(f"{config}: not a HuBERT config ({exc})") from None
+        self.config = HubertConfig.from_json(config)  # an unsupported architecture fails here, not later
         self.model_dir = model_dir
         self.device = torch.device(device)
         self.dtype = dtype
-        self._model = None
+        self._model: Hubert | None = None
 
     @property
-    def model(self):
+    def model(self) -> Hubert:
         if self._model is None:
-            from transformers import HubertModel
-
             started = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):  # loading draws init noise: keep it from seeded runs
-                model = HubertModel.from_pretrained(self.model_dir, dtype=self.dtype)
-            self._model = model.to(self.device).eval()
+            self._model = load_hubert(self.model_dir, self.device, self.dtype)  # draws no random numbers
             log.info("HuBERT loaded in %.1f s", time.perf_counter() - started)
         return self._model
 
@@ -74,4 +74,4 @@ class HubertEncoder:
     def __call__(self, wav16k: torch.Tensor) -> torch.Tensor:
         """wav16k [N] float in [-1, 1] -> features [1, hidden, floor((N - 400) / 320) + 1]."""
         x = wav16k.to(self.device, self.dtype).reshape(1, -1)
-        return self.model(x).last_hidden_state.transpose(1, 2)
+        return self.model(x).transpose(1, 2)
