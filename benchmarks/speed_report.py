@@ -159,7 +159,8 @@ def pipeline_table(rows: dict[str, dict]) -> str:
 
 
 def quality_text(deviation: dict | None) -> str:
-    """'cos 0.99991 (min 0.99989), tokens 100%, SoVITS same' from the quality worker's figures."""
+    """'cos 0.99991 (min 0.99989), tokens 100%, SoVITS same, BERT cos 0.9974' from the quality
+    worker's figures (BERT: its Chinese features, when measured; "BERT same" when unchanged)."""
     if not deviation:
         return ""
     if "skipped" in deviation:
@@ -167,7 +168,13 @@ def quality_text(deviation: dict | None) -> str:
     sovits = (
         "SoVITS same" if deviation.get("sovits_same") else f"SoVITS SNR {deviation['sovits_snr_db']:.1f} dB"
     )
-    return (
+    text = (
         f"cos {deviation['logit_cosine_mean']:.5f} (min {deviation['logit_cosine_min']:.5f}), "
         f"tokens {100 * deviation['token_agreement']:.0f}%, {sovits}"
     )
+    bert = deviation.get("bert_cosine_min")
+    if bert is None:
+        return text
+    if bert >= 1.0 - 1e-7:
+        return text + ", BERT same"
+    return text + f", BERT cos {deviation['bert_cosine_mean']:.4f} (min {bert:.4f})"

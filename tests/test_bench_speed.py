@@ -78,16 +78,22 @@ def test_table_ratios_against_official_best_peer_and_floor():
     assert speed_report.cell(math.nan, "{:.0f}", 1.0, 1.0, 1.0) == "—"
 
 
+QUALITY = {
+    "logit_cosine_mean": 0.99991,
+    "logit_cosine_min": 0.9998,
+    "token_agreement": 0.99,
+    "sovits_same": True,
+}
+
+
 def test_quality_text():
-    text = speed_report.quality_text(
-        {
-            "logit_cosine_mean": 0.99991,
-            "logit_cosine_min": 0.9998,
-            "token_agreement": 0.99,
-            "sovits_same": True,
-        }
-    )
+    text = speed_report.quality_text(QUALITY)
     assert text == "cos 0.99991 (min 0.99980), tokens 99%, SoVITS same"
+    bert = {"bert_cosine_mean": 0.99741, "bert_cosine_min": 0.99712}
+    text = speed_report.quality_text({**QUALITY, "sovits_same": False, "sovits_snr_db": 31.26, **bert})
+    assert text == "cos 0.99991 (min 0.99980), tokens 99%, SoVITS SNR 31.3 dB, BERT cos 0.9974 (min 0.9971)"
+    same = {"bert_cosine_mean": 1.0, "bert_cosine_min": 1.0}
+    assert speed_report.quality_text({**QUALITY, **same}).endswith("SoVITS same, BERT same")
     assert speed_report.quality_text({"skipped": "unknown precision"}).startswith("not measured")
 
 

@@ -58,6 +58,23 @@ def test_features_are_third_last_hidden_state_repeated_per_phone(tiny_bert_dir: 
     assert not torch.equal(hidden[0], hidden[1])
 
 
+def test_int8_weights_stay_close_to_fp32_features(tiny_bert_dir: Path) -> None:
+    """The fast modes' 8-bit BERT graph: really quantized (not identical), close in direction."""
+    text, word2ph = "今天天气很好.", [2, 2, 2, 2, 2, 2, 1]
+    exact = ChineseBert(tiny_bert_dir)(text, word2ph)
+    frontend = TextFrontend(bert_dir=tiny_bert_dir, bert_weights="int8")
+    assert frontend.bert.onnx.weights == "int8"
+    fast = frontend.bert(text, word2ph)
+    cosine = torch.cosine_similarity(exact, fast, dim=0)
+    assert not torch.equal(exact, fast)
+    assert float(cosine.min()) > 0.99
+
+
+def test_unknown_bert_weight_format_is_a_clear_error(tiny_bert_dir: Path) -> None:
+    with pytest.raises(KoeError, match="int4"):
+        ChineseBert(tiny_bert_dir, weights="int4")
+
+
 def test_repeat_per_phone_allows_zero_counts() -> None:
     chars = torch.arange(6.0).reshape(3, 2)
     out = repeat_per_phone(chars, [2, 0, 1])

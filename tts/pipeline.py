@@ -154,6 +154,7 @@ def load_speaker_encoder(sv_path: str | Path | None, device: str | torch.device 
 
 
 T2S_PRECISIONS = ("fp32", "int8", "int4", "fp16", "bf16")
+QUANTIZED_PRECISIONS = ("int8", "int4")  # CPU only: quantized ONNX Runtime weights
 
 
 def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp32"):
@@ -172,7 +173,7 @@ def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp3
     if precision not in T2S_PRECISIONS:
         raise KoeError(f"unknown T2S precision {precision!r}; expected one of {', '.join(T2S_PRECISIONS)}")
     on_cpu = torch.device(device).type == "cpu"
-    quantized = precision in ("int8", "int4")
+    quantized = precision in QUANTIZED_PRECISIONS
     if quantized and not on_cpu:
         raise KoeError(f"T2S precision {precision} runs on the CPU; use fp16 on a GPU ([tts] precision)")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
@@ -278,8 +279,9 @@ class TTSPipeline:
     ) -> TTSPipeline:
         """Load every model from explicit paths (nothing is downloaded here).
 
-        `precision` is the T2S precision (see `load_t2s`); SoVITS, HuBERT and BERT stay in fp32.
-        fp32 is the exact mode the parity tests check.
+        `precision` is the T2S precision (see `load_t2s`); in its fast CPU modes (int8, int4) the
+        Chinese BERT runs with 8-bit weights too. SoVITS and HuBERT stay in fp32. fp32 is the exact
+        mode the parity tests check.
         """
         from tts.hubert import HubertEncoder
         from tts.text.frontend import TextFrontend
@@ -290,7 +292,10 @@ class TTSPipeline:
         if sovits.config.is_pro and speaker_encoder is None:
             speaker_encoder = load_speaker_encoder(sv_path, device)
         hubert = HubertEncoder(hubert_dir, device=device)
-        frontend = TextFrontend(bert_dir=bert_dir, use_g2pw=use_g2pw, g2pw_dir=g2pw_dir, device=device)
+        frontend = TextFrontend(
+            bert_dir=bert_dir, use_g2pw=use_g2pw, g2pw_dir=g2pw_dir, device=device,
+            bert_weights="int8" if precision in QUANTIZED_PRECISIONS else "fp32",
+        )  # fmt: skip
         log.info("voice loaded in %.2f s (SoVITS %s)", time.perf_counter() - started, sovits.config.version)
         return cls(
             t2s, sovits, frontend, hubert, speaker_encoder, device, cache_dir,

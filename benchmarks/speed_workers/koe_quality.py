@@ -4,7 +4,8 @@ For a few seeded inputs (60 phones, zero BERT, 125 prompt tokens) both models ar
 sequence (fp32's own greedy choice, EOS masked), 100 steps: the logit cosine similarity per step
 (mean and worst) and the share of steps where both pick the same top token. SoVITS: the SNR of the
 mode's waveform against fp32's for the workload codes, same seed ("same" when the mode leaves SoVITS
-in fp32 and the waveforms are identical).
+in fp32 and the waveforms are identical). BERT: the cosine similarity of the mode's Chinese BERT features
+to fp32's for the workload's Chinese sentence, per phone (when the models folder has the BERT).
 
     .venv/bin/python benchmarks/speed_workers/koe_quality.py --models DIR --modes int8,int4,bf16
 """
@@ -23,15 +24,24 @@ import numpy as np  # noqa: E402
 import workload as W  # noqa: E402
 
 SEEDS = (1, 2, 3)
+BERT_FOLDER = "chinese-roberta-wwm-ext-large"
 
 
 def load(models: Path, precision: str):
     from tts.pipeline import TTSPipeline
 
+    bert = models / BERT_FOLDER  # loads at the first Chinese text only
     return TTSPipeline.from_paths(
-        models / "rand-v2-e1.ckpt", models / "rand-v2_e1_s1.pth", None, models / "chinese-hubert-base",
-        precision=precision,
+        models / "rand-v2-e1.ckpt", models / "rand-v2_e1_s1.pth", bert if bert.is_dir() else None,
+        models / "chinese-hubert-base", precision=precision,
     )  # fmt: skip
+
+
+def bert_features(pipeline):
+    """[1024, phones] BERT features of the workload's Chinese sentence, or None without the BERT."""
+    if pipeline.frontend.bert_dir is None:
+        return None
+    return pipeline.frontend.phones_and_bert(W.SHORT_ZH, "zh")[1]
 
 
 def seeded_case(seed: int):
@@ -103,6 +113,7 @@ def main() -> None:
 
     reference_cases = [forced_logits(exact.t2s, *seeded_case(s)) for s in SEEDS]
     reference_audio = waveform(exact)
+    reference_bert = bert_features(exact)
     results = {}
     for mode in [m for m in args.modes.split(",") if m and m != "fp32"]:
         try:
@@ -119,12 +130,19 @@ def main() -> None:
             agree.append((masked.argmax(-1) == torch.tensor(ref_tokens)).float())
         cos = torch.cat(cosines)
         snr = snr_db(reference_audio, waveform(fast))
+        bert = (
+            None
+            if reference_bert is None
+            else torch.cosine_similarity(bert_features(fast), reference_bert, dim=0)
+        )
         results[mode] = {
             "logit_cosine_mean": float(cos.mean()),
             "logit_cosine_min": float(cos.min()),
             "token_agreement": float(torch.cat(agree).mean()),
             "sovits_snr_db": None if math.isinf(snr) else snr,
             "sovits_same": math.isinf(snr),
+            "bert_cosine_mean": None if bert is None else float(bert.mean()),
+            "bert_cosine_min": None if bert is None else float(bert.min()),
             "cases": len(SEEDS),
         }
         print(f"{mode}: {results[mode]}", file=sys.stderr)

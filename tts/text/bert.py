@@ -3,7 +3,8 @@
 Each character of norm_text gets the hidden state of transformer layer L-2 (hidden_states[-3]),
 repeated word2ph[i] times, so the features line up with the phones: [hidden, n_phones]. Segments in
 other languages get zeros of the same height (see `zero_features`). The last two layers never
-matter, so they are not kept; on the CPU the others run as an ONNX Runtime graph (bert_onnx.py).
+matter, so they are not kept; on the CPU the others run as an ONNX Runtime graph (bert_onnx.py), in
+fp32 (exact) or, for the fast T2S modes, with 8-bit weights.
 """
 
 from __future__ import annotations
@@ -45,10 +46,17 @@ def copy_out_of_file_mapping(module: torch.nn.Module) -> None:
 
 
 class ChineseBert:
-    """Loads the tokenizer and BertModel from a Hugging Face folder once; call it per segment."""
+    """Loads the tokenizer and BertModel from a Hugging Face folder once; call it per segment.
+
+    `weights`: the CPU graph's matrices, "fp32" (exact) or "int8" (about 2x faster, see bert_onnx.py).
+    """
 
     def __init__(
-        self, model_dir: str | Path, device: str | torch.device = "cpu", dtype=torch.float32
+        self,
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype=torch.float32,
+        weights: str = "fp32",
     ) -> None:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -71,7 +79,7 @@ class ChineseBert:
         if self.device.type == "cpu" and dtype == torch.float32:
             from tts.text.bert_onnx import OnnxBertEncoder
 
-            self.onnx = OnnxBertEncoder(self.model)
+            self.onnx = OnnxBertEncoder(self.model, weights)
             copy_out_of_file_mapping(self.model)
         log.info("BERT loaded in %.1f s", time.perf_counter() - started)
 

@@ -90,6 +90,7 @@ class TextFrontend:
     g2pw_dir: folder with the g2pW ONNX model; used when use_g2pw is true and its files are there,
     else pypinyin (official default is on, the parity fixtures were made with it off).
     detector_dir: folder that may hold fastText `lid.176.bin` for language ID (else the bundled small one).
+    bert_weights: the BERT's CPU graph weights, "fp32" (exact) or "int8" (the fast T2S modes' choice).
     """
 
     def __init__(
@@ -99,8 +100,10 @@ class TextFrontend:
         g2pw_dir: str | Path | None = None,
         detector_dir: str | Path | None = None,
         device: str | torch.device = "cpu",
+        bert_weights: str = "fp32",
     ) -> None:
         self.bert_dir = Path(bert_dir) if bert_dir else None
+        self.bert_weights = bert_weights
         self.use_g2pw = use_g2pw
         self.g2pw_dir = Path(g2pw_dir) if g2pw_dir else None
         self.detector_dir = str(detector_dir) if detector_dir else None
@@ -125,7 +128,7 @@ class TextFrontend:
                 "Chinese text needs the BERT model but no folder is configured; "
                 "fetch it with `koe models download chinese-roberta-wwm-ext-large`"
             )
-        return ChineseBert(self.bert_dir, device=self.device)
+        return ChineseBert(self.bert_dir, device=self.device, weights=self.bert_weights)
 
     @cached_property
     def _polyphones(self):
