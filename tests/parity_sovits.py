@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tts.models.flow_onnx import OnnxFlow
 from tts.models.generator_onnx import OnnxGenerator
 from tts.models.text_encoder_onnx import OnnxTextEncoder
 from tts.spectrogram import linear_spectrogram, mel_spectrogram, spec_to_log_mel
@@ -27,6 +28,7 @@ def _model(path: str, runtime: str = "torch"):
     if runtime == "onnx":
         model.dec.onnx = OnnxGenerator(model.dec, threads=1)
         model.enc_p.onnx = OnnxTextEncoder(model.enc_p, threads=1)
+        model.flow.onnx = OnnxFlow(model.flow, threads=1)
     return model
 
 

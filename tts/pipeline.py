@@ -186,8 +186,8 @@ def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp3
 def load_synthesizer(path: str | Path, device: str | torch.device, cache_dir: Path | None = None):
     """SoVITS weights for synthesis; on the CPU the text encoder and the generator run through ONNX
     Runtime (same fp32 numbers). `cache_dir` keeps the traced text-encoder graph between runs."""
+    from tts.models import flow_onnx, text_encoder_onnx
     from tts.models.generator_onnx import OnnxGenerator
-    from tts.models.text_encoder_onnx import OnnxTextEncoder, graph_cache_path
     from tts.weights.sovits import load_sovits
 
     sovits = load_sovits(path, device=device)
@@ -197,8 +197,12 @@ def load_synthesizer(path: str | Path, device: str | torch.device, cache_dir: Pa
         )
     if torch.device(device).type == "cpu":
         sovits.dec.onnx = OnnxGenerator(sovits.dec, release_torch_weights=True)
-        cache = None if cache_dir is None else graph_cache_path(cache_dir, path)
-        sovits.enc_p.onnx = OnnxTextEncoder(sovits.enc_p, release_torch_weights=True, cache=cache)
+        cache = None if cache_dir is None else text_encoder_onnx.graph_cache_path(cache_dir, path)
+        sovits.enc_p.onnx = text_encoder_onnx.OnnxTextEncoder(
+            sovits.enc_p, release_torch_weights=True, cache=cache
+        )
+        cache = None if cache_dir is None else flow_onnx.graph_cache_path(cache_dir, path)
+        sovits.flow.onnx = flow_onnx.OnnxFlow(sovits.flow, release_torch_weights=True, cache=cache)
     return sovits
 
 

@@ -13,7 +13,12 @@ block of 32 inputs (`MatMulNBits`: an eighth of the bytes, int8 dot products).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -220,6 +225,58 @@ class BuiltGraph:
             tensor.ClearField("raw_data")
             _mark_external(tensor, value.nbytes)
         return cls(proto.SerializeToString(), external)
+
+
+def trace_to_onnx(
+    module: torch.nn.Module, example: tuple, inputs: list[str], outputs: list[str], dynamic: dict, what: str
+) -> bytes:
+    """The ONNX model (weights included) of `module.forward`, traced by torch's exporter on `example`
+    with the `dynamic` axes left free. For modules of plain tensor ops: tracing keeps the graph
+    exactly what the torch code computes."""
+    buffer = io.BytesIO()
+    modes = {part: part.training for part in module.modules()}  # a wrapper's mode need not be its parts'
+    module.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic, and its deprecation
+            torch.onnx.export(
+                module, example, buffer, input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+                opset_version=OPSET, dynamo=False,
+            )  # fmt: skip
+    except Exception as e:  # the exporter is torch's; name what failed and let the torch path run
+        raise KoeError(f"could not export the {what} to ONNX: {type(e).__name__}: {e}") from e
+    finally:
+        for part, training in modes.items():
+            part.training = training
+    return buffer.getvalue()
+
+
+def traced_graph_path(cache_dir: Path, weights_path: str | Path, part: str, sources: Iterable[str]) -> Path:
+    """Where the traced graph of one part of a weight file is kept: a new weight file, a change to the
+    code that computes it (`sources`: module files) or another torch gives another name, so a stale
+    graph is never read."""
+    key = hashlib.sha256()
+    with open(weights_path, "rb") as f:
+        key.update(hashlib.file_digest(f, "sha256").digest())
+    for module_file in (*sources, __file__):
+        key.update(Path(module_file).read_bytes())
+    key.update(torch.__version__.encode())
+    return Path(cache_dir) / f"{part}-{key.hexdigest()[:20]}.onnx"
+
+
+def cached_trace(cache: Path | None, trace: Callable[[], bytes]) -> tuple[BuiltGraph, bool]:
+    """The graph from `cache` when it is there, else traced (and written there); -> (graph, from cache)."""
+    from tts.weights import write_atomic
+
+    cached = cache is not None and cache.is_file()
+    if cached:
+        model = cache.read_bytes()
+    else:
+        model = trace()
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache, model)
+    return BuiltGraph.from_onnx(model), cached  # the weights handed over in place, not kept serialized
 
 
 def _mark_external(tensor, nbytes: int) -> None:

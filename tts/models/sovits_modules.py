@@ -497,8 +497,14 @@ class CouplingFlow(nn.Module):
                 )
             )
             self.flows.append(Flip())
+        self.onnx = None  # the reverse direction as an ONNX Runtime graph (flow_onnx.py), used when set
 
     def forward(self, x, mask, g=None, reverse=False):
+        if reverse and self.onnx is not None and not self.training:
+            if self.onnx.supports(x) and g is not None:
+                return self.onnx(x, mask, g)
+            if self.onnx.released_torch_weights:
+                raise KoeError("this flow runs only through its ONNX Runtime graph (CPU, fp32 input)")
         for flow in reversed(self.flows) if reverse else self.flows:
             x = flow(x, mask, g=g, reverse=reverse)
         return x

@@ -15,24 +15,24 @@ file's content, the code that computes it and the torch version (`graph_cache_pa
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from agent.errors import KoeError
 from tts.models import sovits_modules
-from tts.models.onnx_graph import BuiltGraph, cpu_session, release_parameters
-from tts.weights import write_atomic
+from tts.models.onnx_graph import (
+    cached_trace,
+    cpu_session,
+    release_parameters,
+    trace_to_onnx,
+    traced_graph_path,
+)
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 ENCODE_PARTS = ("ssl_proj", "encoder_ssl", "text_embedding", "encoder_text", "mrte", "encoder2")
 
 
@@ -67,33 +67,12 @@ def export_encode_graph(encoder: nn.Module) -> bytes:
         "text_lengths": {0: "batch"}, "ge": {0: "batch"}, "y": {0: "batch", 2: "frames"},
         "mask": {0: "batch", 2: "frames"},
     }  # fmt: skip
-    buffer = io.BytesIO()
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic, and its deprecation
-            torch.onnx.export(
-                _Encode(encoder), example, buffer, input_names=names, output_names=["y", "mask"],
-                dynamic_axes=dynamic, opset_version=OPSET, dynamo=False,
-            )  # fmt: skip
-    except Exception as e:  # the exporter is torch's; name what failed and let the torch path run
-        raise KoeError(f"could not export the SoVITS text encoder to ONNX: {type(e).__name__}: {e}") from e
-    finally:
-        encoder.train(was_training)
-    return buffer.getvalue()
+    return trace_to_onnx(_Encode(encoder), example, names, ["y", "mask"], dynamic, "SoVITS text encoder")
 
 
 def graph_cache_path(cache_dir: Path, weights_path: str | Path) -> Path:
-    """Where the traced graph of this SoVITS file's text encoder is kept: a new weight file, a change
-    to the encoder's code or another torch gives another name, so a stale graph is never read."""
-    key = hashlib.sha256()
-    with open(weights_path, "rb") as f:
-        key.update(hashlib.file_digest(f, "sha256").digest())
-    for module_file in (sovits_modules.__file__, __file__):
-        key.update(Path(module_file).read_bytes())
-    key.update(torch.__version__.encode())
-    return Path(cache_dir) / f"text-encoder-{key.hexdigest()[:20]}.onnx"
+    """Where the traced graph of this SoVITS file's text encoder is kept (see `traced_graph_path`)."""
+    return traced_graph_path(cache_dir, weights_path, "text-encoder", (sovits_modules.__file__, __file__))
 
 
 class OnnxTextEncoder:
@@ -110,16 +89,7 @@ class OnnxTextEncoder:
         models; `prior`'s projection stays in torch). `cache`: a file (`graph_cache_path`) the graph
         is read from, or written to after tracing."""
         started = time.perf_counter()
-        cached = cache is not None and cache.is_file()
-        if cached:
-            model = cache.read_bytes()
-        else:
-            model = export_encode_graph(encoder)
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(cache, model)
-        graph = BuiltGraph.from_onnx(model)  # the weights handed over in place, not kept serialized
-        del model
+        graph, cached = cached_trace(cache, lambda: export_encode_graph(encoder))
         if release_torch_weights:
             release_parameters(nn.ModuleList(getattr(encoder, part) for part in ENCODE_PARTS))
         self.session = cpu_session(graph, threads)
