@@ -11,23 +11,13 @@ Build it once per loaded SoVITS weights: `sovits.flow.onnx = OnnxFlow(sovits.flo
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tts.models import sovits_modules
-from tts.models.onnx_graph import (
-    cached_trace,
-    cpu_session,
-    release_parameters,
-    trace_to_onnx,
-    traced_graph_path,
-)
-
-log = logging.getLogger(__name__)
+from tts.models.onnx_graph import TracedGraph, trace_to_onnx, traced_graph_path
 
 
 class _Reverse(nn.Module):
@@ -61,7 +51,7 @@ def graph_cache_path(cache_dir: Path, weights_path: str | Path) -> Path:
     return traced_graph_path(cache_dir, weights_path, "flow", (sovits_modules.__file__, __file__))
 
 
-class OnnxFlow:
+class OnnxFlow(TracedGraph):
     """`CouplingFlow` in reverse on the CPU through ONNX Runtime."""
 
     def __init__(
@@ -73,19 +63,8 @@ class OnnxFlow:
     ):
         """`release_torch_weights` drops the torch weights (inference-only models: the forward
         direction, used in training, cannot run afterwards). `cache`: see `graph_cache_path`."""
-        started = time.perf_counter()
-        graph, cached = cached_trace(cache, lambda: export_flow_graph(flow))
-        if release_torch_weights:
-            release_parameters(flow)
-        self.session = cpu_session(graph, threads)
-        self.released_torch_weights = release_torch_weights
-        log.info(
-            "SoVITS flow ONNX Runtime graph ready in %.1f s%s", time.perf_counter() - started,
-            " (from the cache)" if cached else "",
-        )  # fmt: skip
-
-    def supports(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype == torch.float32
+        release = flow if release_torch_weights else None
+        super().__init__("SoVITS flow", lambda: export_flow_graph(flow), release, threads, cache)
 
     def __call__(self, z_p: torch.Tensor, mask: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
         feed = {

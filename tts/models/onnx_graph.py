@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ import torch
 
 from agent.errors import KoeError
 from tts.memory import release_memory
+
+log = logging.getLogger(__name__)
 
 QUANT_BLOCK = 32  # 4-bit weights per scale (along the input dimension)
 ACCURACY_INT8 = 4  # MatMulNBits accuracy_level 4: int8 activations x int8 weights (the fast kernels)
@@ -277,6 +281,35 @@ def cached_trace(cache: Path | None, trace: Callable[[], bytes]) -> tuple[BuiltG
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(cache, model)
     return BuiltGraph.from_onnx(model), cached  # the weights handed over in place, not kept serialized
+
+
+class TracedGraph:
+    """A part of a torch model traced to ONNX (`trace_to_onnx`) and run on the CPU through ONNX
+    Runtime; subclasses feed it. `release` is the torch module whose weights the graph replaces (then
+    dropped: inference-only models), or None to keep them."""
+
+    def __init__(
+        self,
+        what: str,
+        trace: Callable[[], bytes],
+        release: torch.nn.Module | None = None,
+        threads: int | None = None,
+        cache: Path | None = None,
+    ):
+        started = time.perf_counter()
+        graph, cached = cached_trace(cache, trace)
+        if release is not None:  # before the session copies the graph's weights: a lower peak
+            release_parameters(release)
+        self.session = cpu_session(graph, threads)
+        self.released_torch_weights = release is not None
+        log.info(
+            "%s ONNX Runtime graph ready in %.1f s%s", what, time.perf_counter() - started,
+            " (from the cache)" if cached else "",
+        )  # fmt: skip
+
+    def supports(self, x: torch.Tensor) -> bool:
+        """Whether the graph can take this input (CPU fp32); otherwise the torch code runs."""
+        return x.device.type == "cpu" and x.dtype == torch.float32
 
 
 def _mark_external(tensor, nbytes: int) -> None:

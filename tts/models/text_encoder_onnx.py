@@ -15,23 +15,13 @@ file's content, the code that computes it and the torch version (`graph_cache_pa
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from tts.models import sovits_modules
-from tts.models.onnx_graph import (
-    cached_trace,
-    cpu_session,
-    release_parameters,
-    trace_to_onnx,
-    traced_graph_path,
-)
-
-log = logging.getLogger(__name__)
+from tts.models.onnx_graph import TracedGraph, trace_to_onnx, traced_graph_path
 
 ENCODE_PARTS = ("ssl_proj", "encoder_ssl", "text_embedding", "encoder_text", "mrte", "encoder2")
 
@@ -75,7 +65,7 @@ def graph_cache_path(cache_dir: Path, weights_path: str | Path) -> Path:
     return traced_graph_path(cache_dir, weights_path, "text-encoder", (sovits_modules.__file__, __file__))
 
 
-class OnnxTextEncoder:
+class OnnxTextEncoder(TracedGraph):
     """`TextEncoder.encode` on the CPU through ONNX Runtime."""
 
     def __init__(
@@ -88,19 +78,9 @@ class OnnxTextEncoder:
         """`release_torch_weights` drops the torch copies of the parts the graph holds (inference-only
         models; `prior`'s projection stays in torch). `cache`: a file (`graph_cache_path`) the graph
         is read from, or written to after tracing."""
-        started = time.perf_counter()
-        graph, cached = cached_trace(cache, lambda: export_encode_graph(encoder))
-        if release_torch_weights:
-            release_parameters(nn.ModuleList(getattr(encoder, part) for part in ENCODE_PARTS))
-        self.session = cpu_session(graph, threads)
-        self.released_torch_weights = release_torch_weights
-        log.info(
-            "SoVITS text encoder ONNX Runtime graph ready in %.1f s%s", time.perf_counter() - started,
-            " (from the cache)" if cached else "",
-        )  # fmt: skip
-
-    def supports(self, ssl: torch.Tensor) -> bool:
-        return ssl.device.type == "cpu" and ssl.dtype == torch.float32
+        parts = nn.ModuleList(getattr(encoder, part) for part in ENCODE_PARTS)
+        release = parts if release_torch_weights else None
+        super().__init__("SoVITS text encoder", lambda: export_encode_graph(encoder), release, threads, cache)
 
     def __call__(self, ssl, ssl_lengths, text, text_lengths, ge) -> tuple[torch.Tensor, torch.Tensor]:
         feed = {
