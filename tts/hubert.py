@@ -8,7 +8,6 @@ not needed (nor imported) here.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -40,10 +39,6 @@ class HubertEncoder:
                 f"HuBERT model not found in {model_dir} (needs config.json and the weights); "
                 f"fetch it with `koe models download chinese-hubert-base`"
             )
-        try:
-            self.num_layers = int(json.loads(config.read_text())["num_hidden_layers"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise KoeError(f"{config}: not a HuBERT config ({exc})") from None
         self.config = HubertConfig.from_json(config)  # an unsupported architecture fails here, not later
         self.model_dir = model_dir
         self.device = torch.device(device)
@@ -57,6 +52,10 @@ class HubertEncoder:
             self._model = load_hubert(self.model_dir, self.device, self.dtype)  # draws no random numbers
             log.info("HuBERT loaded in %.1f s", time.perf_counter() - started)
         return self._model
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
 
     @property
     def loaded(self) -> bool:
