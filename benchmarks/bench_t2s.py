@@ -5,6 +5,7 @@ decoded one by one with the KV cache, EOS masked so every run decodes the same n
 Each decode step includes sampling (the official defaults: top_k 15, repetition penalty 1.35).
 
     .venv/bin/python benchmarks/bench_t2s.py                    # CPU (and CUDA when present)
+    .venv/bin/python benchmarks/bench_t2s.py --device cuda      # fp32, fp16, fp16 + CUDA graphs
     .venv/bin/python benchmarks/bench_t2s.py --steps 50 --threads 2 --device cpu
 """
 
@@ -18,6 +19,7 @@ import torch
 
 from tts.models.sampling import SamplingParams, sample
 from tts.models.t2s import T2SConfig, T2SModel, prefill_mask
+from tts.models.t2s_cuda_graph import CudaGraphDecodeStep
 
 PHONES, PROMPT_TOKENS = 60, 125
 
@@ -82,27 +84,32 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    runs = []
+    runs = []  # (device, dtype, decode steps as CUDA graph replays)
     if args.device in ("all", "cpu"):
-        runs.append((torch.device("cpu"), torch.float32))
+        runs.append((torch.device("cpu"), torch.float32, False))
     if args.device in ("all", "cuda") and torch.cuda.is_available():
-        runs += [(torch.device("cuda"), torch.float32), (torch.device("cuda"), torch.float16)]
+        cuda = torch.device("cuda")
+        runs += [(cuda, torch.float32, False), (cuda, torch.float16, False), (cuda, torch.float16, True)]
 
     torch.manual_seed(0)
     base = T2SModel(T2SConfig()).eval()
     print(f"T2S v2 full size, {sum(p.numel() for p in base.parameters()) / 1e6:.1f} M parameters")
     print(f"prefill {PHONES} phones + {PROMPT_TOKENS} prompt tokens; decode {args.steps} tokens (EOS masked)")
     print(
-        f"{'device':<8}{'dtype':<10}{'threads':>8}{'prefill ms':>12}{'ms/token':>10}{'tokens/s':>10}{'peak MiB':>10}"
+        f"{'device':<8}{'dtype':<10}{'graphs':<8}{'threads':>8}{'prefill ms':>12}{'ms/token':>10}{'tokens/s':>10}{'peak MiB':>10}"
     )
-    for device, dtype in runs:
+    for device, dtype, graphs in runs:
         model = base.to(device=device, dtype=dtype)
+        model.cuda_graph = CudaGraphDecodeStep(model) if graphs else None
         r = bench(model, device, args.steps, args.repeats)
+        if graphs and model.cuda_graph.disabled:
+            print("(CUDA graph recording failed: the row below is eager)")
         threads = torch.get_num_threads() if device.type == "cpu" else "-"
         print(
-            f"{device.type:<8}{str(dtype).removeprefix('torch.'):<10}{threads:>8}{r['prefill_ms']:>12.1f}"
+            f"{device.type:<8}{str(dtype).removeprefix('torch.'):<10}{'yes' if graphs else 'no':<8}{threads:>8}{r['prefill_ms']:>12.1f}"
             f"{r['step_ms']:>10.2f}{1000 / r['step_ms']:>10.1f}{r['peak_mib']:>10.0f}"
         )
+        model.cuda_graph = None
         base = model.to("cpu", torch.float32)
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")

@@ -165,7 +165,8 @@ def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp3
     quarter of the bytes a token reads and runs the prompt pass about twice as fast (the soonest first
     audio), close to fp32; int4 reads an eighth (the fastest decoding, the least memory) and trades a
     little more closeness for it (docs/performance.md has the figures).
-    fp16 / bf16: torch weights in that type, for GPUs and CPUs with native support.
+    fp16 / bf16: torch weights in that type, for GPUs and CPUs with native support. On a GPU every
+    decode step is a CUDA graph replay (`t2s_cuda_graph`).
     """
     from tts.models.t2s_onnx import WEIGHT_FORMATS, OnnxStack
     from tts.weights.gpt import load_gpt
@@ -180,6 +181,10 @@ def load_t2s(path: str | Path, device: str | torch.device, precision: str = "fp3
     model = load_gpt(path, device=device, dtype=dtype).model
     if on_cpu and precision in WEIGHT_FORMATS:
         model.onnx_stack = OnnxStack(model, precision, release_torch_weights=True)
+    if torch.device(device).type == "cuda":
+        from tts.models.t2s_cuda_graph import CudaGraphDecodeStep
+
+        model.cuda_graph = CudaGraphDecodeStep(model)
     return model
 
 

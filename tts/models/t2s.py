@@ -183,23 +183,30 @@ class SelfAttention(nn.Module):
         x: torch.Tensor,
         attn_mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
         dropout_p: float = 0.0,
     ) -> torch.Tensor:
         """x [B, T, dim]; attn_mask bool, True = may attend, broadcastable to [B, heads, T, S].
 
         With `cache` (this layer's keys/values [B, heads, capacity, head_dim]) the new keys/values are
         written at positions `start .. start+T-1` and the queries attend to positions `0 .. start+T-1`.
+        `start` may be a device tensor of the T new positions instead: then the queries attend over
+        the whole capacity (attn_mask covers it), the fixed shapes a CUDA graph replays.
         """
         batch, length, dim = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, T, 3*dim]
         q, k, v = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, hd]
         if cache is not None:
             cache_k, cache_v = cache
-            end = start + length
-            cache_k[:, :, start:end] = k
-            cache_v[:, :, start:end] = v
-            k, v = cache_k[:, :, :end], cache_v[:, :, :end]  # [B, H, S, hd]
+            if isinstance(start, torch.Tensor):
+                cache_k.index_copy_(2, start, k)
+                cache_v.index_copy_(2, start, v)
+                k, v = cache_k, cache_v
+            else:
+                end = start + length
+                cache_k[:, :, start:end] = k
+                cache_v[:, :, start:end] = v
+                k, v = cache_k[:, :, :end], cache_v[:, :, :end]  # [B, H, S, hd]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim))  # [B, T, dim]
 
@@ -221,7 +228,7 @@ class TransformerLayer(nn.Module):
         x: torch.Tensor,
         attn_mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         drop = LAYER_DROPOUT if self.training else 0.0
         x = self.norm1(x + self.dropout(self.self_attn(x, attn_mask, cache, start, drop)))
@@ -239,13 +246,20 @@ class TransformerStack(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None = None
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        start = cache.length if cache is not None else 0
+        """With `cache`, x continues it at `cache.length` (which advances); or, with `positions` (a
+        device tensor of x's positions), the fixed-shape form of `SelfAttention` that leaves
+        `cache.length` to the caller."""
+        start = positions if positions is not None else (cache.length if cache is not None else 0)
         for i, layer in enumerate(self.layers):
             layer_cache = (cache.keys[i], cache.values[i]) if cache is not None else None
             x = layer(x, attn_mask, layer_cache, start)
-        if cache is not None:
+        if cache is not None and positions is None:
             cache.length = start + x.shape[1]
         return x
 
@@ -290,6 +304,8 @@ class T2SModel(nn.Module):
         # The stack + output layer as an ONNX Runtime graph (`t2s_onnx.OnnxStack`), built per weights;
         # `prefill` and `decode_step` run through it where it applies.
         self.onnx_stack = None
+        # On a GPU, `decode_step` as CUDA graph replays (`t2s_cuda_graph.CudaGraphDecodeStep`).
+        self.cuda_graph = None
 
     # --- embeddings -------------------------------------------------------------------------------
 
@@ -368,6 +384,14 @@ class T2SModel(nn.Module):
         """
         if self._use_onnx(x, cache):
             return self.onnx_stack(x, cache, allowed)
+        if self.cuda_graph is not None and not self.training and self.cuda_graph.supports(x, cache):
+            return self.cuda_graph(x, cache, allowed)
+        return self.torch_decode_step(x, cache, allowed)
+
+    def torch_decode_step(
+        self, x: torch.Tensor, cache: KVCache, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`decode_step` in eager torch (what the faster paths fall back to)."""
         hidden = self.h(x, allowed, cache)
         return self.ar_predict_layer(hidden[:, -1])
 
