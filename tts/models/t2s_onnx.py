@@ -104,7 +104,7 @@ class OnnxStack:
         graph = build_stack_graph(model, weights)
         if release_torch_weights:  # before the session copies the graph's weights: a lower peak
             release_parameters(model.h)
-        self.session = cpu_session(graph, threads)
+        self.session = cpu_session(graph, threads, spin=True)  # a run every few ms: keep threads awake
         self.weights = weights
         self.num_layers = model.config.num_layers
         self.vocab_size = model.config.vocab_size

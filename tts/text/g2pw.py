@@ -117,9 +117,11 @@ class G2PW:
     def session(self):
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 2
-        return onnxruntime.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        from tts.models.onnx_graph import session_options
+
+        return onnxruntime.InferenceSession(
+            str(self.model_path), session_options(), providers=["CPUExecutionProvider"]
+        )
 
     @cached_property
     def tokenizer(self):
