@@ -8,7 +8,7 @@ sentence streaming and token-chunk streaming. English text (no BERT needed). One
 the CPU, and CUDA when present. Needs NLTK_DATA (English); it defaults to the shared test data.
 
     .venv/bin/python benchmarks/bench_tts.py                   # CPU (and CUDA when present), 2 threads
-    .venv/bin/python benchmarks/bench_tts.py --threads 2 --repeats 3 --device cuda
+    .venv/bin/python benchmarks/bench_tts.py --threads 2 --repeats 3 --device cuda --precision fp16
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--precision", default="fp32", help="T2S precision ([tts] precision): fp32, int8, int4, fp16"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -82,7 +85,7 @@ def main() -> None:
         for device in devices:
             started = time.perf_counter()
             pipeline = TTSPipeline.from_paths(
-                paths["gpt"], paths["sovits"], None, paths["hubert"], device=device
+                paths["gpt"], paths["sovits"], None, paths["hubert"], device=device, precision=args.precision
             )
             load_s = time.perf_counter() - started
             voice = VoiceSpec(paths["gpt"], paths["sovits"], paths["ref"], REF_TEXT, "en")
@@ -97,7 +100,10 @@ def main() -> None:
                 peak = f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
             else:
                 peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
-            print(f"\nkoe TTS pipeline, full-size v2 random weights, {device}, {args.threads} CPU threads")
+            print(
+                f"\nkoe TTS pipeline, full-size v2 random weights, {device}, T2S {args.precision}, "
+                f"{args.threads} CPU threads"
+            )
             print(f"command: .venv/bin/python benchmarks/bench_tts.py {' '.join(sys.argv[1:])}".rstrip())
             print(f"voice load {load_s:.1f} s, {peak}\n")
             print("| text | streaming | first audio (s) | RTF |\n|---|---|---:|---:|")
