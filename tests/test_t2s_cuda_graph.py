@@ -35,6 +35,8 @@ def _decode(model: T2SModel, fixed_shape: bool, batch: int = 1, key_ok: torch.Te
     generator = torch.Generator().manual_seed(3)
     capacity = TEXT + PROMPT + STEPS + 5  # spare columns: they must stay masked
     cache = model.new_cache(batch, capacity)
+    cache.keys.fill_(float("nan"))  # what never-written memory may hold: it must never be read
+    cache.values.fill_(float("nan"))
     allowed = prefill_mask(TEXT, PROMPT)
     if key_ok is not None:
         allowed = allowed & key_ok[:, None, None, : TEXT + PROMPT]

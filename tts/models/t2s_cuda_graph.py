@@ -35,6 +35,10 @@ class StaticDecodeStep:
         self.padding = torch.ones(batch, 1, 1, cache.capacity, dtype=torch.bool, device=device)
         self.columns = torch.arange(cache.capacity, device=device)
         self.logits: torch.Tensor | None = None
+        # The columns past the position are masked, yet the attention still multiplies their values
+        # by a weight of 0: memory never written may hold NaN, and 0 * NaN is NaN.
+        cache.keys[:, :, :, cache.length :].zero_()
+        cache.values[:, :, :, cache.length :].zero_()
 
     def load(self, x: torch.Tensor, allowed: torch.Tensor | None) -> None:
         """The step's input x [B, 1, dim] at position `cache.length`; allowed: the padding mask
