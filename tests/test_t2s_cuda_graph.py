@@ -13,21 +13,13 @@ import logging
 import pytest
 import torch
 
+from test_t2s_onnx import CONFIG, trained_like_model
 from tts.models.sampling import SamplingParams
-from tts.models.t2s import T2SConfig, T2SModel, prefill_mask
+from tts.models.t2s import T2SModel, prefill_mask
 from tts.models.t2s_cuda_graph import CudaGraphDecodeStep, StaticDecodeStep
 from tts.models.t2s_decode import generate, generate_batch
 
-CONFIG = T2SConfig(dim=64, num_heads=4, num_layers=3, phoneme_vocab_size=64, vocab_size=129, eos=128)
 TEXT, PROMPT, STEPS = 10, 14, 12
-
-
-def _model(seed: int = 0) -> T2SModel:
-    torch.manual_seed(seed)
-    model = T2SModel(CONFIG).eval()
-    for p in model.parameters():  # trained-like: random init leaves the LayerNorms at identity
-        p.data.add_(torch.randn_like(p) * 0.05)
-    return model
 
 
 def _decode(model: T2SModel, fixed_shape: bool, batch: int = 1, key_ok: torch.Tensor | None = None):
@@ -58,7 +50,7 @@ def _decode(model: T2SModel, fixed_shape: bool, batch: int = 1, key_ok: torch.Te
 
 
 def test_fixed_shape_step_gives_the_eager_steps_logits_and_cache():
-    model = _model()
+    model = trained_like_model()
     eager, eager_cache = _decode(model, fixed_shape=False)
     fixed, fixed_cache = _decode(model, fixed_shape=True)
     assert fixed_cache.length == eager_cache.length == TEXT + PROMPT + STEPS
@@ -69,7 +61,7 @@ def test_fixed_shape_step_gives_the_eager_steps_logits_and_cache():
 
 
 def test_fixed_shape_step_masks_a_left_padded_batch_like_the_eager_step():
-    model = _model(1)
+    model = trained_like_model(1)
     capacity = TEXT + PROMPT + STEPS
     key_ok = torch.ones(2, capacity, dtype=torch.bool)
     key_ok[1, :4] = False  # the second item's text is 4 phones shorter (left padding)
@@ -82,7 +74,7 @@ def test_fixed_shape_step_masks_a_left_padded_batch_like_the_eager_step():
 
 
 def test_a_step_that_cannot_be_recorded_falls_back_to_eager_torch_once(caplog):
-    model = _model(2)
+    model = trained_like_model(2)
     params = SamplingParams(top_k=5, temperature=1.0)
     ids = torch.randint(0, CONFIG.phoneme_vocab_size, (1, TEXT))
     bert = torch.randn(1, 1024, TEXT)
@@ -104,7 +96,7 @@ def test_a_step_that_cannot_be_recorded_falls_back_to_eager_torch_once(caplog):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_recorded_graph_decodes_the_eager_tokens_on_a_gpu():
-    model = _model(3).cuda()
+    model = trained_like_model(3).cuda()
     params = SamplingParams(top_k=5, temperature=1.0)
     ids = torch.randint(0, CONFIG.phoneme_vocab_size, (2, TEXT), device="cuda")
     bert = torch.randn(2, 1024, TEXT, device="cuda")

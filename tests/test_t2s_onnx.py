@@ -27,7 +27,7 @@ CONFIG = T2SConfig(dim=128, num_heads=4, num_layers=3, phoneme_vocab_size=64, vo
 TEXT, PROMPT = 12, 20
 
 
-def _model(seed: int = 0) -> T2SModel:
+def trained_like_model(seed: int = 0) -> T2SModel:
     torch.manual_seed(seed)
     model = T2SModel(CONFIG).eval()
     for p in model.parameters():  # trained-like: random init leaves the LayerNorms at identity
@@ -121,7 +121,7 @@ def test_quantized_codes_are_what_the_kernel_multiplies(weights):
 
 
 def test_fp32_graph_matches_torch_and_fills_the_cache_in_place():
-    model = _model()
+    model = trained_like_model()
     exact, torch_cache = _run(model, None)
     onnx, onnx_cache = _run(model, OnnxStack(model, "fp32", threads=1))
     for a, b in zip(exact, onnx):
@@ -133,7 +133,7 @@ def test_fp32_graph_matches_torch_and_fills_the_cache_in_place():
 
 
 def test_padded_batch_runs_through_the_attention_bias():
-    model = _model()
+    model = trained_like_model()
     key_ok = torch.ones(2, TEXT + PROMPT + 8, dtype=torch.bool)
     key_ok[1, :5] = False  # the second item's text is left-padded by 5 columns
     exact, _ = _run(model, None, batch=2, key_ok=key_ok)
@@ -148,7 +148,7 @@ def test_padded_batch_runs_through_the_attention_bias():
 def test_quantized_graph_stays_close_to_fp32(weights, min_cosine, min_agreement):
     """The tiny random model's logits are nearly flat (top tokens often within 1%), so int4 may swap a
     near tie; the full-size figures are in the benchmark's quality column."""
-    model = _model()
+    model = trained_like_model()
     exact, _ = _run(model, None, steps=12)
     quantized, _ = _run(model, OnnxStack(model, weights, threads=1), steps=12)
     cosine = [float(torch.cosine_similarity(a, b).min()) for a, b in zip(exact, quantized)]
@@ -163,4 +163,4 @@ def test_unknown_weight_format_is_a_clear_error():
     from agent.errors import KoeError
 
     with pytest.raises(KoeError, match="int3"):
-        OnnxStack(_model(), "int3")
+        OnnxStack(trained_like_model(), "int3")
