@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from agent.errors import KoeError
+from tts.models import text_encoder_onnx
 from tts.models.flow_onnx import OnnxFlow, graph_cache_path
+from tts.models.onnx_graph import _file_digest
 from tts.models.sovits_modules import CouplingFlow
 
 CHANNELS, HIDDEN, GIN = 16, 24, 32
@@ -69,5 +71,14 @@ def test_graph_cache_is_read_back_and_keyed_by_the_weight_file(tmp_path):
     cached = OnnxFlow(flow, threads=1, cache=cache)  # read back, not traced again
     assert cache.stat().st_mtime_ns == stamp
     assert torch.equal(traced(*inputs), cached(*inputs))
-    weights.write_bytes(b"other weights")
+    weights.write_bytes(b"other weights, retrained")
     assert graph_cache_path(tmp_path / "cache", weights) != cache
+
+
+def test_the_weight_file_is_read_once_for_the_graphs_of_all_its_parts(tmp_path):
+    weights = tmp_path / "voice.pth"
+    weights.write_bytes(b"weights" * 1000)
+    _file_digest.cache_clear()
+    paths = {graph_cache_path(tmp_path, weights), text_encoder_onnx.graph_cache_path(tmp_path, weights)}
+    assert len(paths) == 2  # one file per part
+    assert _file_digest.cache_info().misses == 1  # but the file was hashed once

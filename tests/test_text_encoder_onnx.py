@@ -68,5 +68,5 @@ def test_graph_cache_is_read_back_and_keyed_by_the_weight_file(tmp_path):
     cached = OnnxTextEncoder(encoder, threads=1, cache=cache)  # read back, not traced again
     assert cache.stat().st_mtime_ns == stamp
     assert torch.equal(traced(*inputs)[0], cached(*inputs)[0])
-    weights.write_bytes(b"other weights")
+    weights.write_bytes(b"other weights, retrained")
     assert graph_cache_path(tmp_path / "cache", weights) != cache

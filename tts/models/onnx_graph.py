@@ -13,6 +13,7 @@ block of 32 inputs (`MatMulNBits`: an eighth of the bytes, int8 dot products).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -260,12 +261,19 @@ def traced_graph_path(cache_dir: Path, weights_path: str | Path, part: str, sour
     code that computes it (`sources`: module files) or another torch gives another name, so a stale
     graph is never read."""
     key = hashlib.sha256()
-    with open(weights_path, "rb") as f:
-        key.update(hashlib.file_digest(f, "sha256").digest())
+    stat = Path(weights_path).stat()
+    key.update(_file_digest(str(weights_path), stat.st_size, stat.st_mtime_ns))
     for module_file in (*sources, __file__):
         key.update(Path(module_file).read_bytes())
     key.update(torch.__version__.encode())
     return Path(cache_dir) / f"{part}-{key.hexdigest()[:20]}.onnx"
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: str, size: int, mtime_ns: int) -> bytes:
+    """sha256 of a weight file, read once per version of it (several parts of one file are traced)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
 
 
 def cached_trace(cache: Path | None, trace: Callable[[], bytes]) -> tuple[BuiltGraph, bool]:

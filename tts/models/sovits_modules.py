@@ -504,7 +504,9 @@ class CouplingFlow(nn.Module):
             if self.onnx.supports(x) and g is not None:
                 return self.onnx(x, mask, g)
             if self.onnx.released_torch_weights:
-                raise KoeError("this flow runs only through its ONNX Runtime graph (CPU, fp32 input)")
+                raise KoeError(
+                    "this flow runs only through its ONNX Runtime graph (CPU, fp32 input, a style vector g)"
+                )
         for flow in reversed(self.flows) if reverse else self.flows:
             x = flow(x, mask, g=g, reverse=reverse)
         return x
